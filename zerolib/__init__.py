@@ -1,0 +1,1 @@
+"""zerolib: ZeRO memory optimizations for PyTorch training."""
