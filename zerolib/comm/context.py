@@ -1,0 +1,170 @@
+"""Process-group setup and the collectives zerolib issues, each recorded in a ledger.
+
+Collectives are thin functions over ``torch.distributed``: they exist so that every byte
+zerolib sends is counted in one place (``CommLedger``) and so that a single-rank run needs no
+process group at all.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+
+from zerolib.comm.ledger import CommLedger, wire_bytes
+
+_ENV_KEYS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def _env_describes_a_job() -> bool:
+    return all(key in os.environ for key in _ENV_KEYS) and int(os.environ["WORLD_SIZE"]) > 1
+
+
+def init_distributed(timeout_seconds: float = 600.0) -> bool:
+    """Initialises ``torch.distributed`` from RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT.
+
+    Returns whether a process group is in use. Without those variables (or with WORLD_SIZE 1)
+    the run is a single rank and no group is created. NCCL is used when CUDA is available,
+    gloo otherwise.
+    """
+    if dist.is_available() and dist.is_initialized():
+        return True
+    if not _env_describes_a_job():
+        return False
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_seconds))
+    return True
+
+
+@dataclass
+class PendingCollective:
+    """An asynchronous collective; :meth:`wait` blocks and books the waiting time."""
+
+    work: object | None
+    kind: str
+    ledger: CommLedger
+    on_done: object | None = None
+
+    def wait(self) -> None:
+        if self.work is not None:
+            start = time.perf_counter()
+            self.work.wait()
+            self.ledger.add_seconds(self.kind, time.perf_counter() - start)
+            self.work = None
+        if self.on_done is not None:
+            on_done, self.on_done = self.on_done, None
+            on_done()
+
+
+@dataclass
+class CommContext:
+    """The data-parallel world this engine runs in, and the ledger of what it sent.
+
+    Collectives run over the default (world) group unless a ``group`` is passed. ``node_size``
+    is how many consecutive ranks share a node; collectives over a group that spans several
+    nodes count their bytes as ``inter_bytes`` too.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    node_size: int = 1
+    ledger: CommLedger = field(default_factory=CommLedger)
+
+    @classmethod
+    def from_environment(cls, timeout_seconds: float = 600.0, node_size: int | None = None) -> "CommContext":
+        """Joins (or creates) the process group described by the environment."""
+        if not init_distributed(timeout_seconds):
+            return cls()
+        rank, world_size = dist.get_rank(), dist.get_world_size()
+        if torch.cuda.is_available() and dist.get_backend() == "nccl":
+            device = torch.device("cuda", torch.cuda.current_device())
+        else:
+            device = torch.device("cpu")
+        if node_size is None:
+            node_size = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+        return cls(rank=rank, world_size=world_size, device=device, node_size=max(1, node_size))
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def _group_size(self, group) -> int:
+        return self.world_size if group is None else dist.get_world_size(group)
+
+    def _crosses_nodes(self, group) -> bool:
+        if group is None:
+            return self.world_size > self.node_size
+        ranks = dist.get_process_group_ranks(group)
+        return len({r // self.node_size for r in ranks}) > 1
+
+    def _record(self, kind: str, message_bytes: int, group) -> None:
+        size = self._group_size(group)
+        self.ledger.record(kind, wire_bytes(kind, message_bytes, size), crosses_nodes=self._crosses_nodes(group))
+
+    def _finish(self, work, kind: str, async_op: bool) -> PendingCollective | None:
+        pending = PendingCollective(work, kind, self.ledger)
+        if async_op:
+            return pending
+        pending.wait()
+        return None
+
+    def all_gather_into(self, output: torch.Tensor, shard: torch.Tensor, *, group=None, async_op=False):
+        """Gathers every rank's ``shard`` into ``output`` in rank order (``shard`` may alias it)."""
+        if self._group_size(group) == 1:
+            if output.data_ptr() != shard.data_ptr():
+                output.copy_(shard.view_as(output))
+            return PendingCollective(None, "all_gather", self.ledger) if async_op else None
+        self._record("all_gather", output.numel() * output.element_size(), group)
+        work = dist.all_gather_into_tensor(output, shard, group=group, async_op=async_op)
+        return self._finish(work, "all_gather", async_op)
+
+    def reduce_scatter_sum(self, output: torch.Tensor, full: torch.Tensor, *, group=None, async_op=False):
+        """Sums ``full`` across ranks and leaves this rank's 1/N slice of the sum in ``output``."""
+        if self._group_size(group) == 1:
+            output.copy_(full.view_as(output))
+            return PendingCollective(None, "reduce_scatter", self.ledger) if async_op else None
+        self._record("reduce_scatter", full.numel() * full.element_size(), group)
+        work = dist.reduce_scatter_tensor(output, full, op=dist.ReduceOp.SUM, group=group, async_op=async_op)
+        return self._finish(work, "reduce_scatter", async_op)
+
+    def all_reduce(self, tensor: torch.Tensor, op=None, *, group=None, async_op=False):
+        """All-reduces ``tensor`` in place (SUM unless ``op`` says otherwise)."""
+        if self._group_size(group) == 1:
+            return PendingCollective(None, "all_reduce", self.ledger) if async_op else None
+        self._record("all_reduce", tensor.numel() * tensor.element_size(), group)
+        work = dist.all_reduce(tensor, op=op or dist.ReduceOp.SUM, group=group, async_op=async_op)
+        return self._finish(work, "all_reduce", async_op)
+
+    def broadcast(self, tensor: torch.Tensor, src: int = 0, *, group=None):
+        """Broadcasts ``tensor`` from global rank ``src`` in place."""
+        if self._group_size(group) == 1:
+            return
+        self._record("broadcast", tensor.numel() * tensor.element_size(), group)
+        dist.broadcast(tensor, src=src, group=group)
+
+    def all_to_all(self, output: torch.Tensor, inp: torch.Tensor, *, group=None, async_op=False):
+        """Equal-split all-to-all: chunk j of ``inp`` goes to rank j of the group."""
+        if self._group_size(group) == 1:
+            output.copy_(inp)
+            return PendingCollective(None, "all_to_all", self.ledger) if async_op else None
+        self._record("all_to_all", inp.numel() * inp.element_size(), group)
+        work = dist.all_to_all_single(output, inp, group=group, async_op=async_op)
+        return self._finish(work, "all_to_all", async_op)
+
+    def any_true(self, flag: bool) -> bool:
+        """Whether ``flag`` is true on any rank (e.g. a gradient overflow)."""
+        if not self.distributed:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        self.all_reduce(t, dist.ReduceOp.MAX)
+        return bool(t.item() > 0)
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()

@@ -1,0 +1,101 @@
+"""Flat, aligned buffers of parameters and the slice of each that a rank owns.
+
+Parameters of one dtype are laid end to end in buffers of at most ``max_buffer_numel``
+elements (a larger parameter gets a buffer of its own). Each buffer is padded so that it splits
+into ``num_shards`` equal slices, each a multiple of ``align`` elements; shard r owns
+``[r * shard_numel, (r + 1) * shard_numel)`` of every buffer. A buffer is therefore also the
+unit of one reduce-scatter and one all-gather, which is what lets gradients be reduced as soon
+as one buffer's worth of them is ready.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class ParamSlot:
+    """Where one parameter lives: buffer index, element offset inside it, and its shape."""
+
+    name: str
+    buffer_index: int
+    offset: int
+    shape: torch.Size
+
+    @property
+    def numel(self) -> int:
+        return self.shape.numel()
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.numel
+
+
+@dataclass(frozen=True)
+class BufferSpec:
+    """One flat buffer: the parameters in it, its padded size and each shard's size."""
+
+    index: int
+    slots: tuple[ParamSlot, ...]
+    padded_numel: int
+    shard_numel: int
+
+    def shard_range(self, shard: int) -> tuple[int, int]:
+        start = shard * self.shard_numel
+        return start, start + self.shard_numel
+
+    def owned_part(self, slot: ParamSlot, shard: int) -> tuple[int, int] | None:
+        """The part of ``slot`` inside shard ``shard``, as [start, end) offsets in the buffer."""
+        lo, hi = self.shard_range(shard)
+        start, end = max(slot.offset, lo), min(slot.end, hi)
+        return (start, end) if start < end else None
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+class FlatLayout:
+    """The buffers a list of named parameters is packed into, for ``num_shards`` owners."""
+
+    def __init__(self, named_shapes: list[tuple[str, torch.Size]], num_shards: int, *,
+                 max_buffer_numel: int, align: int = 64):
+        if num_shards < 1:
+            raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+        self.num_shards = num_shards
+        self.align = align
+        self.buffers: tuple[BufferSpec, ...] = tuple(self._pack(named_shapes, max(1, int(max_buffer_numel))))
+        self.slots: dict[str, ParamSlot] = {s.name: s for b in self.buffers for s in b.slots}
+
+    def _pack(self, named_shapes, max_buffer_numel):
+        groups: list[list[tuple[str, torch.Size]]] = [[]]
+        used = 0
+        for name, shape in named_shapes:
+            numel = torch.Size(shape).numel()
+            if groups[-1] and used + numel > max_buffer_numel:
+                groups.append([])
+                used = 0
+            groups[-1].append((name, torch.Size(shape)))
+            used += numel
+        for index, group in enumerate(g for g in groups if g):
+            slots, offset = [], 0
+            for name, shape in group:
+                slots.append(ParamSlot(name, index, offset, shape))
+                offset += shape.numel()
+            padded = _round_up(max(offset, 1), self.num_shards * self.align)
+            yield BufferSpec(index, tuple(slots), padded, padded // self.num_shards)
+
+    @property
+    def total_numel(self) -> int:
+        """Elements of real parameters (no padding)."""
+        return sum(slot.numel for slot in self.slots.values())
+
+    @property
+    def padded_numel(self) -> int:
+        return sum(b.padded_numel for b in self.buffers)
+
+    @property
+    def shard_numel(self) -> int:
+        """Elements one shard owns across all buffers."""
+        return sum(b.shard_numel for b in self.buffers)

@@ -1,0 +1,1 @@
+"""The training engine and its optimizer/schedule factories."""

@@ -1,0 +1,180 @@
+"""The engine: thin glue from a user's module and config to the ZeRO optimizer path."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from zerolib.comm import CommContext
+from zerolib.config import ZeroConfig, load_config
+from zerolib.runtime.lr_schedules import build_schedule
+from zerolib.runtime.optim_factory import build_optimizer
+from zerolib.utils.logging import get_logger
+from zerolib.utils.memory import unique_storage_bytes
+from zerolib.utils.timers import StepTimers
+from zerolib.zero import StepReport, ZeroOptimizer, ZeroSettings, scaler_from_config
+
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _world_size_from_environment() -> int:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size()
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _param_dtype(cfg: ZeroConfig) -> torch.dtype:
+    if cfg.fp16.enabled:
+        return torch.float16
+    if cfg.bf16.enabled:
+        return torch.bfloat16
+    return torch.float32
+
+
+class ZeroEngine:
+    """Runs forward, backward (with accumulation) and step for one data-parallel rank.
+
+    Build it with :func:`zerolib.initialize`. ``engine(*args)`` runs the module's forward;
+    ``engine.backward(loss)`` scales the loss for accumulation and fp16 and backpropagates;
+    ``engine.step()`` steps the optimizer and schedule at the accumulation boundary only.
+    """
+
+    def __init__(self, model: torch.nn.Module, config):
+        self.config = load_config(config, world_size=_world_size_from_environment(), model=model)
+        cfg = self.config
+        self.comm = CommContext.from_environment(cfg.comm.timeout_seconds, cfg.comm.node_size)
+        self.logger = get_logger()
+        self.logger.info("resolved config:\n%s", cfg.resolved_summary())
+        self.dtype = _param_dtype(cfg)
+        self.module = model
+        trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
+        if not trainable:
+            raise ValueError("the model has no parameter with requires_grad=True: nothing to train")
+        fp32_values = {name: p.detach().float().clone() for name, p in trainable.items()}
+        model.to(device=self.comm.device, dtype=self.dtype)
+        self._broadcast_frozen_state()
+        self.loss_scaler = scaler_from_config(cfg.fp16)
+        self.optimizer = self._build_zero_optimizer(trainable, fp32_values) if cfg.optimizer else None
+        self.lr_scheduler = build_schedule(cfg.scheduler, self.optimizer.optimizer) if self.optimizer else None
+        self.timers = StepTimers()
+        self.global_steps = 0
+        self.micro_steps = 0
+        self.skipped_steps = 0
+        self.last_step: StepReport | None = None
+        self._last_loss: torch.Tensor | None = None
+
+    def _build_zero_optimizer(self, trainable, fp32_values) -> ZeroOptimizer:
+        cfg, zero = self.config, self.config.zero_optimization
+        comm_dtype = _DTYPES[cfg.communication_data_type] if cfg.communication_data_type else self.dtype
+        settings = ZeroSettings(
+            stage=zero.stage,
+            bucket_numel=int(min(zero.reduce_bucket_size, zero.allgather_bucket_size)),
+            overlap_comm=bool(zero.overlap_comm),
+            comm_dtype=comm_dtype,
+            gradient_clipping=float(cfg.gradient_clipping or 0.0),
+            predivide_factor=float(cfg.gradient_predivide_factor) if cfg.prescale_gradients else 1.0)
+        return ZeroOptimizer(trainable, self.comm, settings,
+                             make_optimizer=lambda tensors: build_optimizer(cfg.optimizer, tensors),
+                             fp32_values=fp32_values, loss_scaler=self.loss_scaler)
+
+    def _broadcast_frozen_state(self) -> None:
+        """Frozen parameters and buffers start equal on every rank, as trainable ones do."""
+        with torch.no_grad():
+            for p in self.module.parameters():
+                if not p.requires_grad:
+                    self.comm.broadcast(p.data, 0)
+            for b in self.module.buffers():
+                self.comm.broadcast(b, 0)
+
+    # -- training ---------------------------------------------------------------------------
+    @property
+    def gradient_accumulation_steps(self) -> int:
+        return self.config.gradient_accumulation_steps
+
+    def is_gradient_accumulation_boundary(self) -> bool:
+        """Whether the current micro-step is the last of its accumulation window."""
+        return (self.micro_steps + 1) % self.gradient_accumulation_steps == 0
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def forward(self, *args, **kwargs):
+        with self.timers.phase("forward"):
+            return self.module(*args, **kwargs)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Backpropagates ``loss / gradient_accumulation_steps`` (times the fp16 loss scale)."""
+        if self.optimizer is None:
+            raise RuntimeError("engine.backward needs an optimizer: add an 'optimizer' block to the config")
+        self._last_loss = loss.detach()
+        scale = self.loss_scaler.scale if self.loss_scaler is not None else 1.0
+        with self.timers.phase("backward"):
+            self.optimizer.prepare_backward()
+            (loss.float() * (scale / self.gradient_accumulation_steps)).backward()
+            self.optimizer.finish_backward(self.is_gradient_accumulation_boundary())
+
+    def step(self) -> None:
+        """Steps optimizer and schedule at the accumulation boundary; otherwise only counts."""
+        if self.is_gradient_accumulation_boundary():
+            with self.timers.phase("step"):
+                self.last_step = self.optimizer.step()
+            if self.last_step.skipped:
+                self.skipped_steps += 1
+                self.logger.info("step %d: fp16 overflow, step skipped, loss scale now %s",
+                                 self.global_steps + 1, self.loss_scaler.scale)
+            elif self.lr_scheduler is not None:
+                self.lr_scheduler.step()
+            self.global_steps += 1
+            self._report_progress()
+        self.micro_steps += 1
+
+    def _report_progress(self) -> None:
+        every = self.config.steps_per_print
+        if not every or self.global_steps % every:
+            return
+        parts = [f"step {self.global_steps}", f"lr {self.get_lr()[0]:.3e}"]
+        if self._last_loss is not None:
+            parts.append(f"loss {self._last_loss.float().item():.4f}")
+        if self.loss_scaler is not None:
+            parts.append(f"loss scale {self.loss_scaler.scale:g}")
+        if self.last_step is not None:
+            parts.append(f"grad norm {self.last_step.grad_norm:.3f}")
+        if self.config.wall_clock_breakdown:
+            parts.append(self.timers.summary())
+            self.timers.reset()
+        self.logger.info(" | ".join(parts))
+
+    def get_lr(self) -> list[float]:
+        return [group["lr"] for group in self.optimizer.optimizer.param_groups]
+
+    def train(self, mode: bool = True) -> "ZeroEngine":
+        self.module.train(mode)
+        return self
+
+    def eval(self) -> "ZeroEngine":
+        return self.train(False)
+
+    # -- inspection -------------------------------------------------------------------------
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """Every parameter's full fp32 value (master weights for trainable ones), on every rank."""
+        result = self.optimizer.full_master_weights() if self.optimizer else {}
+        for name, p in self.module.named_parameters():
+            if name not in result:
+                result[name] = p.detach().float().clone()
+        return result
+
+    def comm_stats(self) -> dict[str, dict[str, float]]:
+        """``{kind: {"calls", "bytes", "inter_bytes", "seconds"}}`` since :meth:`reset_comm_stats`."""
+        return self.comm.ledger.snapshot()
+
+    def reset_comm_stats(self) -> None:
+        self.comm.ledger.reset()
+
+    def memory_breakdown(self) -> dict[str, int]:
+        """Bytes of model state this rank holds: params, grads, master, optimizer_state."""
+        return unique_storage_bytes(self.optimizer.storage_by_kind())
+
+
+def initialize(model: torch.nn.Module, config) -> ZeroEngine:
+    """Wraps ``model`` for ZeRO training; ``config`` is a dict, a JSON path or a ``ZeroConfig``."""
+    return ZeroEngine(model, config)

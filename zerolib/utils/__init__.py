@@ -1,0 +1,1 @@
+"""Small shared helpers: logging, timers, memory accounting."""

@@ -1,0 +1,166 @@
+"""Reduce gradients buffer by buffer into each rank's fp32 gradient shard.
+
+Stage 0 and 1 keep full gradient buffers that autograd accumulates into (``param.grad`` is a
+view of them) and reduce them once per accumulation boundary: all-reduce for stage 0,
+reduce-scatter for stage 1. Stage 2 copies each gradient into a transient bucket as soon as
+autograd has produced it and reduce-scatters the bucket as soon as all of its parameters have
+reported, on every micro-step, so that no rank ever holds a full gradient buffer for long.
+
+Buckets are launched strictly in one fixed order (last buffer first, which is roughly the order
+backward produces them). Every rank therefore issues the same collectives in the same order even
+when a data-dependent branch leaves some parameters without a gradient on one rank.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+
+from zerolib.comm import CommContext, PendingCollective
+from zerolib.partition.layout import BufferSpec, FlatLayout, ParamSlot
+
+
+@dataclass
+class _InFlight:
+    buffer_index: int
+    pending: PendingCollective | None
+    reduced: torch.Tensor
+    bucket: torch.Tensor
+
+
+class GradientReducer:
+    """Owns gradient storage for stages 0-2 and turns it into averaged fp32 gradient shards."""
+
+    def __init__(self, comm: CommContext, layout: FlatLayout, params: dict[str, torch.nn.Parameter], *,
+                 stage: int, comm_dtype: torch.dtype, overlap_comm: bool, predivide_factor: float = 1.0):
+        self.comm, self.layout, self.params, self.stage = comm, layout, params, stage
+        self.comm_dtype, self.overlap_comm = comm_dtype, overlap_comm
+        self.predivide_factor = predivide_factor
+        self.shard = comm.rank if layout.num_shards > 1 else 0
+        param_dtype = next(iter(params.values())).dtype
+        device = next(iter(params.values())).device
+        # Stages 0/1: gradients accumulate in place across micro-steps in these full buffers.
+        self.full_grads = None
+        if stage < 2:
+            self.full_grads = [torch.zeros(b.padded_numel, dtype=param_dtype, device=device) for b in layout.buffers]
+        # fp32 gradients of this rank's slices; for fp32 stage 0/1 they are views of full_grads.
+        self._grad_shards_are_views = stage < 2 and param_dtype == torch.float32
+        self.grad_shards: list[torch.Tensor | None] = [None] * len(layout.buffers)
+        self._launch_order = [b.index for b in reversed(layout.buffers)]
+        self._trainable_counts = [len(b.slots) for b in layout.buffers]
+        self._buckets: dict[int, torch.Tensor] = {}
+        self._reported = [0] * len(layout.buffers)
+        self._next_launch = 0
+        self._in_flight: list[_InFlight] = []
+        self._hooks = []
+        if stage == 2:
+            for slot in (s for b in layout.buffers for s in b.slots):
+                hook = functools.partial(self._on_grad_ready, slot)
+                self._hooks.append(params[slot.name].register_post_accumulate_grad_hook(hook))
+
+    # -- backward ---------------------------------------------------------------------------
+    def prepare_backward(self) -> None:
+        """Points ``param.grad`` at the full buffers again (a user's ``zero_grad()`` drops them)."""
+        if self.full_grads is None:
+            return
+        for spec in self.layout.buffers:
+            for slot in spec.slots:
+                param = self.params[slot.name]
+                view = self.full_grads[spec.index][slot.offset:slot.end].view(slot.shape)
+                if param.grad is None or param.grad.data_ptr() != view.data_ptr():
+                    param.grad = view
+
+    def _on_grad_ready(self, slot: ParamSlot, param: torch.Tensor) -> None:
+        index = slot.buffer_index
+        if index not in self._buckets:
+            if self._is_launched(index):
+                raise RuntimeError(
+                    f"parameter '{slot.name}' produced a gradient after its bucket was reduced "
+                    "(a second backward through it in one micro-step); use non-reentrant activation "
+                    "checkpointing or call engine.backward once per micro-step")
+            size = self.layout.buffers[index].padded_numel
+            self._buckets[index] = torch.zeros(size, dtype=self.comm_dtype, device=param.device)
+        self._buckets[index][slot.offset:slot.end].add_(param.grad.reshape(-1))
+        param.grad = None
+        self._reported[index] += 1
+        self._launch_ready()
+
+    def _is_launched(self, index: int) -> bool:
+        return index in self._launch_order[:self._next_launch]
+
+    def _launch_ready(self) -> None:
+        while self._next_launch < len(self._launch_order):
+            index = self._launch_order[self._next_launch]
+            if self._reported[index] < self._trainable_counts[index]:
+                return
+            self._launch(index)
+
+    def _launch(self, index: int) -> None:
+        spec = self.layout.buffers[index]
+        if self.stage == 2:
+            bucket = self._buckets.pop(index, None)
+            if bucket is None:  # no parameter of this buffer was used on this rank
+                bucket = torch.zeros(spec.padded_numel, dtype=self.comm_dtype, device=self.comm.device)
+        else:
+            bucket = self.full_grads[index].to(self.comm_dtype)
+        if self.predivide_factor != 1.0:
+            bucket.div_(self.predivide_factor)
+        self._next_launch += 1
+        if self.layout.num_shards == 1:
+            pending = self.comm.all_reduce(bucket, async_op=self.overlap_comm)
+            reduced = bucket
+        else:
+            reduced = torch.empty(spec.shard_numel, dtype=bucket.dtype, device=bucket.device)
+            pending = self.comm.reduce_scatter_sum(reduced, bucket, async_op=self.overlap_comm)
+        self._in_flight.append(_InFlight(index, pending, reduced, bucket))
+
+    def finish_backward(self, boundary: bool) -> None:
+        """Launches whatever is left (in order) and folds the results into the gradient shards.
+
+        Stages 0/1 communicate only at the accumulation boundary; stage 2 on every micro-step.
+        """
+        if self.stage < 2 and not boundary:
+            return
+        while self._next_launch < len(self._launch_order):
+            self._launch(self._launch_order[self._next_launch])
+        for item in self._in_flight:
+            if item.pending is not None:
+                item.pending.wait()
+            self._accumulate_into_shard(self.layout.buffers[item.buffer_index], item.reduced)
+        self._in_flight.clear()
+        self._buckets.clear()
+        self._reported = [0] * len(self.layout.buffers)
+        self._next_launch = 0
+
+    def _accumulate_into_shard(self, spec: BufferSpec, reduced: torch.Tensor) -> None:
+        scale = self.predivide_factor / self.comm.world_size
+        if self._grad_shards_are_views:
+            lo, hi = spec.shard_range(self.shard)
+            shard = self.full_grads[spec.index][lo:hi]
+            if shard.data_ptr() != reduced.data_ptr():
+                shard.copy_(reduced)
+            shard.mul_(scale)
+            self.grad_shards[spec.index] = shard
+            return
+        if self.grad_shards[spec.index] is None:
+            self.grad_shards[spec.index] = reduced.float().mul_(scale)
+        else:
+            self.grad_shards[spec.index].add_(reduced.float(), alpha=scale)
+
+    def zero_grads(self) -> None:
+        """Drops the reduced shards and clears the accumulation buffers after a step."""
+        if self.full_grads is not None:
+            for buffer in self.full_grads:
+                buffer.zero_()
+        self.grad_shards = [None] * len(self.layout.buffers)
+
+    def storage(self) -> list[torch.Tensor]:
+        """Every gradient tensor currently held, for memory accounting."""
+        held = list(self.full_grads or []) + list(self._buckets.values())
+        return held + [g for g in self.grad_shards if g is not None]
+
+    def remove_hooks(self) -> None:
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks.clear()

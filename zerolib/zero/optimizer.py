@@ -1,0 +1,157 @@
+"""One ZeRO optimizer path for every stage; the stage only decides who owns what.
+
+=====  ==========================  ===============================  =========================
+stage  parameters                  gradients                        fp32 master + optimizer
+=====  ==========================  ===============================  =========================
+0      full on every rank          full, all-reduced at boundary    full on every rank
+1      full on every rank          full, reduce-scattered at bound  1/N slice per rank
+2      full on every rank          bucketed reduce-scatter/microstep  1/N slice per rank
+=====  ==========================  ===============================  =========================
+
+Each rank steps the fp32 master copy of the slices it owns with an ordinary ``torch.optim``
+optimizer over flat tensors (one per buffer), writes the result into its slice of the working
+parameters and all-gathers the buffers. In fp32 the master slice *is* the working parameter
+slice, so no copy is kept.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from zerolib.comm import CommContext
+from zerolib.partition import FlatLayout, ReplicatedParams
+from zerolib.zero.grad_reducer import GradientReducer
+from zerolib.zero.loss_scaler import DynamicLossScaler
+
+
+@dataclass
+class StepReport:
+    """What one optimizer step did: whether it was skipped for overflow, and the grad norm."""
+
+    skipped: bool
+    grad_norm: float
+
+
+@dataclass(frozen=True)
+class ZeroSettings:
+    """The parts of the config the ZeRO path needs, already resolved."""
+
+    stage: int
+    bucket_numel: int
+    overlap_comm: bool
+    comm_dtype: torch.dtype
+    gradient_clipping: float
+    predivide_factor: float = 1.0
+
+
+class ZeroOptimizer:
+    """Partitions optimizer state (and gradients for stage 2) of ``params`` across ranks."""
+
+    def __init__(self, params: dict[str, torch.nn.Parameter], comm: CommContext, settings: ZeroSettings, *,
+                 make_optimizer: Callable[[list[torch.Tensor]], torch.optim.Optimizer],
+                 fp32_values: dict[str, torch.Tensor], loss_scaler: DynamicLossScaler | None = None):
+        self.comm, self.settings, self.loss_scaler = comm, settings, loss_scaler
+        self.params = params
+        num_shards = 1 if settings.stage == 0 else comm.world_size
+        shapes = [(name, p.shape) for name, p in params.items()]
+        self.layout = FlatLayout(shapes, num_shards, max_buffer_numel=settings.bucket_numel)
+        self.shard = comm.rank if num_shards > 1 else 0
+        self.store = ReplicatedParams(self.layout, params, comm)
+        self.store.broadcast_from(0)
+        self.master = self._make_master(fp32_values)
+        self.reducer = GradientReducer(comm, self.layout, params, stage=settings.stage,
+                                       comm_dtype=settings.comm_dtype, overlap_comm=settings.overlap_comm,
+                                       predivide_factor=settings.predivide_factor)
+        self.optimizer = make_optimizer(self.master)
+
+    @property
+    def param_dtype(self) -> torch.dtype:
+        return self.store.buffers[0].dtype
+
+    def _make_master(self, fp32_values: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """fp32 master slices, filled from rank 0's full-precision values (not the 16-bit copy)."""
+        if self.param_dtype == torch.float32:
+            return [self.store.shard_view(spec.index, self.shard) for spec in self.layout.buffers]
+        masters = []
+        for spec in self.layout.buffers:
+            full = torch.zeros(spec.padded_numel, dtype=torch.float32, device=self.comm.device)
+            for slot in spec.slots:
+                full[slot.offset:slot.end].copy_(fp32_values[slot.name].reshape(-1))
+            self.comm.broadcast(full, 0)
+            lo, hi = spec.shard_range(self.shard)
+            masters.append(full[lo:hi].clone())
+        return masters
+
+    # -- the step ---------------------------------------------------------------------------
+    def prepare_backward(self) -> None:
+        self.reducer.prepare_backward()
+
+    def finish_backward(self, boundary: bool) -> None:
+        self.reducer.finish_backward(boundary)
+
+    def step(self) -> StepReport:
+        """Unscales, checks for overflow, clips, steps the owned slices and re-publishes them."""
+        grads = self.reducer.grad_shards
+        for index, grad in enumerate(grads):  # a rank with no gradient at all still steps zeros
+            if grad is None:
+                grads[index] = torch.zeros_like(self.master[index])
+        scale = self.loss_scaler.scale if self.loss_scaler is not None else 1.0
+        norm = self._global_norm(grads) / scale
+        overflow = not torch.isfinite(torch.tensor(norm)).item()
+        if overflow and self.loss_scaler is not None:
+            self.reducer.zero_grads()
+            self.loss_scaler.update(True)
+            return StepReport(skipped=True, grad_norm=norm)
+        coef = 1.0 / scale
+        clip = self.settings.gradient_clipping
+        if clip > 0:
+            coef *= min(1.0, clip / (norm + 1e-6))
+        for master, grad in zip(self.master, grads):
+            if coef != 1.0:
+                grad.mul_(coef)
+            master.grad = grad
+        self.optimizer.step()
+        for master in self.master:
+            master.grad = None
+        self._write_back()
+        self.reducer.zero_grads()
+        if self.loss_scaler is not None:
+            self.loss_scaler.update(False)
+        return StepReport(skipped=False, grad_norm=norm)
+
+    def _global_norm(self, grads: list[torch.Tensor]) -> float:
+        squares = torch.zeros(1, dtype=torch.float32, device=self.comm.device)
+        for grad in grads:
+            squares += grad.float().pow(2).sum()
+        if self.layout.num_shards > 1:
+            self.comm.all_reduce(squares)
+        return squares.sqrt().item()
+
+    def _write_back(self) -> None:
+        if self.param_dtype != torch.float32:
+            with torch.no_grad():
+                for spec, master in zip(self.layout.buffers, self.master):
+                    self.store.shard_view(spec.index, self.shard).copy_(master)
+        self.store.publish(self.shard)
+
+    # -- inspection -------------------------------------------------------------------------
+    def full_master_weights(self) -> dict[str, torch.Tensor]:
+        """Every parameter's full fp32 master value, assembled on every rank."""
+        result = {}
+        for spec, master in zip(self.layout.buffers, self.master):
+            full = master.detach()
+            if self.layout.num_shards > 1:
+                full = torch.empty(spec.padded_numel, dtype=torch.float32, device=master.device)
+                self.comm.all_gather_into(full, master.detach())
+            for slot in spec.slots:
+                result[slot.name] = full[slot.offset:slot.end].view(slot.shape).clone()
+        return result
+
+    def storage_by_kind(self) -> dict[str, list[torch.Tensor]]:
+        """Tensors held per kind, for memory accounting (views share storage with their base)."""
+        state = [t for s in self.optimizer.state.values() for t in s.values()
+                 if torch.is_tensor(t) and t.numel() > 1]
+        return {"params": self.store.storage(), "grads": self.reducer.storage(),
+                "master": list(self.master), "optimizer_state": state}
