@@ -57,34 +57,42 @@ def _round_up(value: int, multiple: int) -> int:
 
 
 class FlatLayout:
-    """The buffers a list of named parameters is packed into, for ``num_shards`` owners."""
+    """The buffers some named parameters are packed into, for ``num_shards`` owners.
 
-    def __init__(self, named_shapes: list[tuple[str, torch.Size]], num_shards: int, *,
-                 max_buffer_numel: int, align: int = 64):
+    ``groups`` gives the parameters of each buffer; :meth:`packed` fills buffers greedily up
+    to a size instead.
+    """
+
+    def __init__(self, groups: list[list[tuple[str, torch.Size]]], num_shards: int, *, align: int = 64):
         if num_shards < 1:
             raise ValueError(f"num_shards must be >= 1, got {num_shards}")
         self.num_shards = num_shards
         self.align = align
-        self.buffers: tuple[BufferSpec, ...] = tuple(self._pack(named_shapes, max(1, int(max_buffer_numel))))
+        self.buffers: tuple[BufferSpec, ...] = tuple(self._buffer(i, g) for i, g in enumerate(g for g in groups if g))
         self.slots: dict[str, ParamSlot] = {s.name: s for b in self.buffers for s in b.slots}
 
-    def _pack(self, named_shapes, max_buffer_numel):
+    @classmethod
+    def packed(cls, named_shapes: list[tuple[str, torch.Size]], num_shards: int, *, max_buffer_numel: int,
+               align: int = 64) -> "FlatLayout":
+        """Buffers of at most ``max_buffer_numel`` elements (a larger parameter gets its own)."""
         groups: list[list[tuple[str, torch.Size]]] = [[]]
         used = 0
         for name, shape in named_shapes:
             numel = torch.Size(shape).numel()
-            if groups[-1] and used + numel > max_buffer_numel:
+            if groups[-1] and used + numel > max(1, int(max_buffer_numel)):
                 groups.append([])
                 used = 0
             groups[-1].append((name, torch.Size(shape)))
             used += numel
-        for index, group in enumerate(g for g in groups if g):
-            slots, offset = [], 0
-            for name, shape in group:
-                slots.append(ParamSlot(name, index, offset, shape))
-                offset += shape.numel()
-            padded = _round_up(max(offset, 1), self.num_shards * self.align)
-            yield BufferSpec(index, tuple(slots), padded, padded // self.num_shards)
+        return cls(groups, num_shards, align=align)
+
+    def _buffer(self, index: int, group: list[tuple[str, torch.Size]]) -> BufferSpec:
+        slots, offset = [], 0
+        for name, shape in group:
+            slots.append(ParamSlot(name, index, offset, torch.Size(shape)))
+            offset += torch.Size(shape).numel()
+        padded = _round_up(max(offset, 1), self.num_shards * self.align)
+        return BufferSpec(index, tuple(slots), padded, padded // self.num_shards)
 
     @property
     def total_numel(self) -> int:

@@ -17,6 +17,7 @@ class ReplicatedParams:
     def __init__(self, layout: FlatLayout, params: dict[str, torch.nn.Parameter], comm: CommContext):
         self.layout, self.comm = layout, comm
         first = next(iter(params.values()))
+        self.dtype = first.dtype
         self.buffers = [torch.zeros(b.padded_numel, dtype=first.dtype, device=first.device) for b in layout.buffers]
         with torch.no_grad():
             for spec in layout.buffers:
@@ -24,15 +25,12 @@ class ReplicatedParams:
                     view = self.buffers[spec.index][slot.offset:slot.end]
                     view.copy_(params[slot.name].detach().reshape(-1))
                     params[slot.name].data = view.view(slot.shape)
+        for buffer in self.buffers:  # every rank starts from rank 0's values
+            comm.broadcast(buffer, 0)
 
     def shard_view(self, buffer_index: int, shard: int) -> torch.Tensor:
         lo, hi = self.layout.buffers[buffer_index].shard_range(shard)
         return self.buffers[buffer_index][lo:hi]
-
-    def broadcast_from(self, src: int) -> None:
-        """Makes every rank start from rank ``src``'s weights."""
-        for buffer in self.buffers:
-            self.comm.broadcast(buffer, src)
 
     def publish(self, shard: int, async_op: bool = True) -> None:
         """All-gathers each buffer from the owners' updated slices."""

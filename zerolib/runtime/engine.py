@@ -13,6 +13,7 @@ from zerolib.utils.logging import get_logger
 from zerolib.utils.memory import unique_storage_bytes
 from zerolib.utils.timers import StepTimers
 from zerolib.zero import StepReport, ZeroOptimizer, ZeroSettings, scaler_from_config
+from zerolib.zero.stage3 import Stage3Plan, plan_stage3
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -54,6 +55,7 @@ class ZeroEngine:
         model.to(device=self.comm.device, dtype=self.dtype)
         self._broadcast_frozen_state()
         self.loss_scaler = scaler_from_config(cfg.fp16)
+        self.stage3: Stage3Plan | None = None
         self.optimizer = self._build_zero_optimizer(trainable, fp32_values) if cfg.optimizer else None
         self.lr_scheduler = build_schedule(cfg.scheduler, self.optimizer.optimizer) if self.optimizer else None
         self.timers = StepTimers()
@@ -72,10 +74,27 @@ class ZeroEngine:
             overlap_comm=bool(zero.overlap_comm),
             comm_dtype=comm_dtype,
             gradient_clipping=float(cfg.gradient_clipping or 0.0),
-            predivide_factor=float(cfg.gradient_predivide_factor) if cfg.prescale_gradients else 1.0)
-        return ZeroOptimizer(trainable, self.comm, settings,
-                             make_optimizer=lambda tensors: build_optimizer(cfg.optimizer, tensors),
-                             fp32_values=fp32_values, loss_scaler=self.loss_scaler)
+            predivide_factor=float(cfg.gradient_predivide_factor) if cfg.prescale_gradients else 1.0,
+            param_persistence_threshold=int(zero.stage3_param_persistence_threshold),
+            prefetch_bucket_numel=int(zero.stage3_prefetch_bucket_size),
+            max_live_numel=int(zero.stage3_max_live_parameters),
+            max_reuse_distance=int(zero.stage3_max_reuse_distance))
+        make_optimizer = lambda tensors: build_optimizer(cfg.optimizer, tensors)  # noqa: E731
+        if zero.stage < 3:
+            return ZeroOptimizer(trainable, self.comm, settings, make_optimizer=make_optimizer,
+                                 fp32_values=fp32_values, loss_scaler=self.loss_scaler)
+        self.stage3 = plan = plan_stage3(self.module, self.comm, settings, self.dtype)
+        self._register_state_dict_hooks()
+        return ZeroOptimizer({n: trainable[n] for n in plan.layout.slots}, self.comm, settings,
+                             make_optimizer=make_optimizer, fp32_values=fp32_values, loss_scaler=self.loss_scaler,
+                             layout=plan.layout, store=plan.store,
+                             on_buffer_reduced=lambda index: plan.coordinator.on_buffer_reduced(plan.store, index))
+
+    def _register_state_dict_hooks(self) -> None:
+        """``module.state_dict()`` under stage 3 returns full tensors, never empty ones."""
+        coordinator = self.stage3.coordinator
+        self.module.register_state_dict_pre_hook(lambda *args, **kwargs: coordinator.gather_all())
+        self.module.register_state_dict_post_hook(lambda *args, **kwargs: coordinator.release_all())
 
     def _broadcast_frozen_state(self) -> None:
         """Frozen parameters and buffers start equal on every rank, as trainable ones do."""
@@ -112,6 +131,8 @@ class ZeroEngine:
             self.optimizer.prepare_backward()
             (loss.float() * (scale / self.gradient_accumulation_steps)).backward()
             self.optimizer.finish_backward(self.is_gradient_accumulation_boundary())
+            if self.stage3 is not None:
+                self.stage3.coordinator.end_iteration()
 
     def step(self) -> None:
         """Steps optimizer and schedule at the accumulation boundary; otherwise only counts."""
@@ -158,9 +179,13 @@ class ZeroEngine:
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """Every parameter's full fp32 value (master weights for trainable ones), on every rank."""
         result = self.optimizer.full_master_weights() if self.optimizer else {}
-        for name, p in self.module.named_parameters():
-            if name not in result:
-                result[name] = p.detach().float().clone()
+        missing = [(name, p) for name, p in self.module.named_parameters() if name not in result]
+        if self.stage3 is not None and missing:
+            self.stage3.coordinator.gather_all()
+        for name, p in missing:
+            result[name] = p.detach().float().clone()
+        if self.stage3 is not None and missing:
+            self.stage3.coordinator.release_all()
         return result
 
     def comm_stats(self) -> dict[str, dict[str, float]]:

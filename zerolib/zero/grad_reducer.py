@@ -33,10 +33,16 @@ class GradientReducer:
     """Owns gradient storage for stages 0-2 and turns it into averaged fp32 gradient shards."""
 
     def __init__(self, comm: CommContext, layout: FlatLayout, params: dict[str, torch.nn.Parameter], *,
-                 stage: int, comm_dtype: torch.dtype, overlap_comm: bool, predivide_factor: float = 1.0):
+                 stage: int, comm_dtype: torch.dtype, overlap_comm: bool, predivide_factor: float = 1.0,
+                 on_reduced=None):
         self.comm, self.layout, self.params, self.stage = comm, layout, params, stage
         self.comm_dtype, self.overlap_comm = comm_dtype, overlap_comm
         self.predivide_factor = predivide_factor
+        # Stage 3 launches each buffer as soon as it is complete (ranks run the same modules in
+        # the same order, which the all-gathers already require) so its gathered parameters can
+        # be released at once; stage 2 keeps one fixed order so that ranks may take branches.
+        self.ordered_launch = stage < 3
+        self.on_reduced = on_reduced
         self.shard = comm.rank if layout.num_shards > 1 else 0
         param_dtype = next(iter(params.values())).dtype
         device = next(iter(params.values())).device
@@ -52,9 +58,10 @@ class GradientReducer:
         self._buckets: dict[int, torch.Tensor] = {}
         self._reported = [0] * len(layout.buffers)
         self._next_launch = 0
+        self._launched: set[int] = set()
         self._in_flight: list[_InFlight] = []
         self._hooks = []
-        if stage == 2:
+        if stage >= 2:
             for slot in (s for b in layout.buffers for s in b.slots):
                 hook = functools.partial(self._on_grad_ready, slot)
                 self._hooks.append(params[slot.name].register_post_accumulate_grad_hook(hook))
@@ -84,10 +91,13 @@ class GradientReducer:
         self._buckets[index][slot.offset:slot.end].add_(param.grad.reshape(-1))
         param.grad = None
         self._reported[index] += 1
-        self._launch_ready()
+        if self.ordered_launch:
+            self._launch_ready()
+        elif self._reported[index] >= self._trainable_counts[index]:
+            self._launch(index)
 
     def _is_launched(self, index: int) -> bool:
-        return index in self._launch_order[:self._next_launch]
+        return index in self._launched
 
     def _launch_ready(self) -> None:
         while self._next_launch < len(self._launch_order):
@@ -98,7 +108,7 @@ class GradientReducer:
 
     def _launch(self, index: int) -> None:
         spec = self.layout.buffers[index]
-        if self.stage == 2:
+        if self.stage >= 2:
             bucket = self._buckets.pop(index, None)
             if bucket is None:  # no parameter of this buffer was used on this rank
                 bucket = torch.zeros(spec.padded_numel, dtype=self.comm_dtype, device=self.comm.device)
@@ -107,6 +117,9 @@ class GradientReducer:
         if self.predivide_factor != 1.0:
             bucket.div_(self.predivide_factor)
         self._next_launch += 1
+        self._launched.add(index)
+        if self.on_reduced is not None:
+            self.on_reduced(index)
         if self.layout.num_shards == 1:
             pending = self.comm.all_reduce(bucket, async_op=self.overlap_comm)
             reduced = bucket
@@ -122,8 +135,9 @@ class GradientReducer:
         """
         if self.stage < 2 and not boundary:
             return
-        while self._next_launch < len(self._launch_order):
-            self._launch(self._launch_order[self._next_launch])
+        for index in self._launch_order:
+            if not self._is_launched(index):
+                self._launch(index)
         for item in self._in_flight:
             if item.pending is not None:
                 item.pending.wait()
@@ -132,6 +146,7 @@ class GradientReducer:
         self._buckets.clear()
         self._reported = [0] * len(self.layout.buffers)
         self._next_launch = 0
+        self._launched.clear()
 
     def _accumulate_into_shard(self, spec: BufferSpec, reduced: torch.Tensor) -> None:
         scale = self.predivide_factor / self.comm.world_size

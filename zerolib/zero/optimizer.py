@@ -44,6 +44,11 @@ class ZeroSettings:
     comm_dtype: torch.dtype
     gradient_clipping: float
     predivide_factor: float = 1.0
+    # stage 3 only
+    param_persistence_threshold: int = 100_000
+    prefetch_bucket_numel: int = 50_000_000
+    max_live_numel: int = 1_000_000_000
+    max_reuse_distance: int = 1_000_000_000
 
 
 class ZeroOptimizer:
@@ -51,29 +56,35 @@ class ZeroOptimizer:
 
     def __init__(self, params: dict[str, torch.nn.Parameter], comm: CommContext, settings: ZeroSettings, *,
                  make_optimizer: Callable[[list[torch.Tensor]], torch.optim.Optimizer],
-                 fp32_values: dict[str, torch.Tensor], loss_scaler: DynamicLossScaler | None = None):
+                 fp32_values: dict[str, torch.Tensor], loss_scaler: DynamicLossScaler | None = None,
+                 layout: FlatLayout | None = None, store=None, on_buffer_reduced=None):
+        """``layout``/``store`` default to replicated flat buffers (stages 0-2); stage 3 passes
+        a :class:`PartitionedParams` store and a callback that releases reduced buffers."""
         self.comm, self.settings, self.loss_scaler = comm, settings, loss_scaler
         self.params = params
-        num_shards = 1 if settings.stage == 0 else comm.world_size
-        shapes = [(name, p.shape) for name, p in params.items()]
-        self.layout = FlatLayout(shapes, num_shards, max_buffer_numel=settings.bucket_numel)
-        self.shard = comm.rank if num_shards > 1 else 0
-        self.store = ReplicatedParams(self.layout, params, comm)
-        self.store.broadcast_from(0)
+        if layout is None:
+            num_shards = 1 if settings.stage == 0 else comm.world_size
+            shapes = [(name, p.shape) for name, p in params.items()]
+            layout = FlatLayout.packed(shapes, num_shards, max_buffer_numel=settings.bucket_numel)
+            store = ReplicatedParams(layout, params, comm)
+        self.layout, self.store = layout, store
+        self.shard = comm.rank if layout.num_shards > 1 else 0
         self.master = self._make_master(fp32_values)
         self.reducer = GradientReducer(comm, self.layout, params, stage=settings.stage,
                                        comm_dtype=settings.comm_dtype, overlap_comm=settings.overlap_comm,
-                                       predivide_factor=settings.predivide_factor)
+                                       predivide_factor=settings.predivide_factor, on_reduced=on_buffer_reduced)
         self.optimizer = make_optimizer(self.master)
 
     @property
     def param_dtype(self) -> torch.dtype:
-        return self.store.buffers[0].dtype
+        return self.store.dtype
 
     def _make_master(self, fp32_values: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         """fp32 master slices, filled from rank 0's full-precision values (not the 16-bit copy)."""
         if self.param_dtype == torch.float32:
             return [self.store.shard_view(spec.index, self.shard) for spec in self.layout.buffers]
+        if fp32_values is None:  # no full-precision source (partitioned init): upcast the shards
+            return [self.store.shard_view(spec.index, self.shard).float() for spec in self.layout.buffers]
         masters = []
         for spec in self.layout.buffers:
             full = torch.zeros(spec.padded_numel, dtype=torch.float32, device=self.comm.device)

@@ -1,0 +1,247 @@
+"""The ZeRO-3 parameter coordinator: gather each unit's parameters just before it runs.
+
+A *unit* is a module whose partitioned parameters are gathered together: the root module and
+every child of an ``nn.ModuleList``/``nn.Sequential`` (transformer blocks), like FSDP2's
+``fully_shard`` per block. A unit owns the parameters in its subtree that no inner unit owns,
+so a parent may use a child's parameters (tied embeddings, ``F.linear(x, self.emb.weight)``).
+
+Forward: a pre-hook gathers the unit (waiting on a prefetch if one is under way), a post-hook
+releases it. Backward: a hook on each output tensor gathers the unit again just before its
+backward runs; the gradient reducer releases a buffer once all its gradients are reduced.
+
+Prefetch: the order in which units are fetched is recorded on the first iteration; later
+iterations gather up to ``prefetch_numel`` elements ahead of use along that trace. If the
+order changes (another branch), prefetching stops for that iteration and the new order is
+recorded: gathers fall back to on demand, and every rank still issues the same collectives
+as long as all ranks run the same modules.
+"""
+from __future__ import annotations
+
+import enum
+import functools
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from zerolib.partition.partitioned import PartitionedParams
+
+
+class Phase(enum.Enum):
+    IDLE = "idle"
+    FORWARD = "forward"
+    BACKWARD = "backward"
+
+
+@dataclass(frozen=True)
+class BufferRef:
+    store: PartitionedParams
+    index: int
+
+
+@dataclass
+class Unit:
+    """A module and the partitioned buffers gathered while it runs."""
+
+    index: int
+    name: str
+    module: nn.Module
+    refs: tuple[BufferRef, ...]
+
+    @property
+    def numel(self) -> int:
+        return sum(r.store.layout.buffers[r.index].padded_numel for r in self.refs)
+
+
+def find_unit_modules(root: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Root first, then each child of the outermost ModuleLists/Sequentials, in module order."""
+    units = [("", root)]
+
+    def visit(prefix: str, module: nn.Module, inside_unit: bool) -> None:
+        for name, child in module.named_children():
+            path = f"{prefix}.{name}" if prefix else name
+            if isinstance(module, (nn.ModuleList, nn.Sequential)) and not inside_unit:
+                units.append((path, child))
+                visit(path, child, True)
+            else:
+                visit(path, child, inside_unit)
+    visit("", root, False)
+    return units
+
+
+def assign_params_to_units(root: nn.Module, unit_modules: list[tuple[str, nn.Module]]) -> dict[str, int]:
+    """Parameter name -> index of the innermost unit containing it (first owner for tied ones)."""
+    owner: dict[str, int] = {}
+    by_module = {id(m): i for i, (_, m) in enumerate(unit_modules)}
+
+    def visit(prefix: str, module: nn.Module, unit: int) -> None:
+        unit = by_module.get(id(module), unit)
+        for name, _ in module.named_parameters(prefix=prefix, recurse=False):
+            owner.setdefault(name, unit)
+        for child_name, child in module.named_children():
+            visit(f"{prefix}.{child_name}" if prefix else child_name, child, unit)
+    visit("", root, 0)
+    return owner
+
+
+def _output_tensors(output):
+    if torch.is_tensor(output):
+        yield output
+    elif isinstance(output, (tuple, list)):
+        for item in output:
+            yield from _output_tensors(item)
+    elif isinstance(output, dict):
+        for item in output.values():
+            yield from _output_tensors(item)
+
+
+@dataclass(frozen=True)
+class GatherPolicy:
+    """``stage3_prefetch_bucket_size``, ``stage3_max_live_parameters``, ``stage3_max_reuse_distance``."""
+
+    prefetch_numel: int
+    max_live_numel: int
+    max_reuse_distance: int
+
+
+class ParamCoordinator:
+    """Gathers, prefetches and releases the partitioned parameters of ``units`` around their use."""
+
+    def __init__(self, units: list[Unit], policy: GatherPolicy):
+        self.units, self.policy = units, policy
+        self.phase = Phase.IDLE
+        self.peak_live_numel = 0
+        self.trace_misses = 0  # iterations whose order differed from the recorded trace
+        self._traces: dict[bool, list[int]] = {}  # recorded order, per grad mode
+        self._recording: list[int] = []
+        self._position = 0
+        self._following_trace = False
+        self._grad_mode = True
+        self._active: set[int] = set()  # units whose forward is running now
+        self._hooks = []
+        for unit in units:
+            self._hooks.append(unit.module.register_forward_pre_hook(functools.partial(self._pre_forward, unit)))
+            self._hooks.append(unit.module.register_forward_hook(functools.partial(self._post_forward, unit)))
+
+    # -- iteration bookkeeping --------------------------------------------------------------
+    def _begin_iteration(self) -> None:
+        if self.phase is not Phase.IDLE:
+            self.end_iteration()
+        self.phase = Phase.FORWARD
+        self._grad_mode = torch.is_grad_enabled()
+        self._recording = []
+        self._position = 0
+        self._following_trace = self._grad_mode in self._traces
+
+    def end_iteration(self) -> None:
+        """Releases everything still gathered and keeps this iteration's order for the next."""
+        for unit in self.units:
+            self._release(unit)
+        if self._recording:
+            if self._traces.get(self._grad_mode) != self._recording:
+                if self._grad_mode in self._traces:
+                    self.trace_misses += 1
+                self._traces[self._grad_mode] = self._recording
+        self._recording = []
+        self._active.clear()
+        self.phase = Phase.IDLE
+
+    # -- hooks ------------------------------------------------------------------------------
+    def _pre_forward(self, unit: Unit, module, args):
+        if unit.index == 0 and self.phase is not Phase.BACKWARD:
+            self._begin_iteration()
+        self._active.add(unit.index)
+        self._fetch(unit)
+
+    def _post_forward(self, unit: Unit, module, args, output):
+        self._active.discard(unit.index)
+        if torch.is_grad_enabled():
+            for tensor in _output_tensors(output):
+                if tensor.requires_grad:
+                    tensor.register_hook(functools.partial(self._pre_backward, unit))
+        if unit.index == 0:  # the root is needed first in backward: keep it unless there is none
+            if not self._grad_mode:
+                self.end_iteration()
+            return
+        if not self._reused_soon(unit):
+            self._release(unit)
+
+    def _pre_backward(self, unit: Unit, grad):
+        self.phase = Phase.BACKWARD
+        self._fetch(unit)
+
+    def on_buffer_reduced(self, store: PartitionedParams, index: int) -> None:
+        """All gradients of a buffer are reduced: its full copy is no longer needed."""
+        if self.phase is Phase.BACKWARD:
+            store.release(index)
+
+    # -- gathering --------------------------------------------------------------------------
+    def _fetch(self, unit: Unit) -> None:
+        self._recording.append(unit.index)
+        trace = self._traces.get(self._grad_mode, [])
+        if self._following_trace:
+            if self._position < len(trace) and trace[self._position] == unit.index:
+                self._position += 1
+            else:
+                self._following_trace = False
+        for ref in unit.refs:
+            ref.store.start_gather(ref.index)
+        self._note_live()
+        if self._following_trace:
+            self._prefetch(trace)
+        for ref in unit.refs:
+            ref.store.wait_gather(ref.index)
+
+    def _prefetch(self, trace: list[int]) -> None:
+        budget = self.policy.prefetch_numel
+        for unit_index in trace[self._position:]:
+            unit = self.units[unit_index]
+            missing = [r for r in unit.refs if not (r.store.is_available(r.index) or r.store.is_pending(r.index))]
+            size = sum(r.store.layout.buffers[r.index].padded_numel for r in missing)
+            if size > budget or self.live_numel() + size > self.policy.max_live_numel:
+                return
+            budget -= size
+            for ref in missing:
+                ref.store.start_gather(ref.index)
+            self._note_live()
+
+    def _reused_soon(self, unit: Unit) -> bool:
+        """Whether the recorded trace uses ``unit`` again within ``max_reuse_distance`` elements."""
+        if not self._following_trace:
+            return False
+        distance = 0
+        for unit_index in self._traces[self._grad_mode][self._position:]:
+            if unit_index == unit.index:
+                return distance <= self.policy.max_reuse_distance
+            distance += self.units[unit_index].numel
+        return False
+
+    def _release(self, unit: Unit) -> None:
+        for ref in unit.refs:
+            ref.store.release(ref.index)
+
+    def live_numel(self) -> int:
+        stores = {id(r.store): r.store for u in self.units for r in u.refs}
+        return sum(store.gathered_numel() for store in stores.values())
+
+    def _note_live(self) -> None:
+        self.peak_live_numel = max(self.peak_live_numel, self.live_numel())
+
+    # -- whole-model access -----------------------------------------------------------------
+    def gather_all(self) -> None:
+        for unit in self.units:
+            for ref in unit.refs:
+                ref.store.start_gather(ref.index)
+        for unit in self.units:
+            for ref in unit.refs:
+                ref.store.wait_gather(ref.index)
+
+    def release_all(self) -> None:
+        if self.phase is Phase.IDLE:
+            for unit in self.units:
+                self._release(unit)
+
+    def remove_hooks(self) -> None:
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks.clear()

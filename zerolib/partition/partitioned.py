@@ -1,0 +1,114 @@
+"""Stage 3 parameter storage: each rank keeps 1/N of every buffer; full copies are transient.
+
+A partitioned buffer exists in full only between :meth:`start_gather` and :meth:`release`;
+while it is released the parameters in it hold an empty tensor. Buffers listed as
+``replicated`` (parameters below ``stage3_param_persistence_threshold``) stay whole on every
+rank, as in stages 0-2, and are re-published by an all-gather after each step.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from zerolib.comm import CommContext, PendingCollective
+from zerolib.partition.layout import BufferSpec, FlatLayout
+
+FillFn = Callable[[BufferSpec, torch.Tensor], None]
+
+
+class PartitionedParams:
+    """Owns the shards of ``params``; gathers and releases full buffers on request."""
+
+    def __init__(self, layout: FlatLayout, params: dict[str, torch.nn.Parameter], comm: CommContext, *,
+                 dtype: torch.dtype, replicated: frozenset[int] = frozenset(), fill: FillFn | None = None):
+        self.layout, self.params, self.comm, self.dtype = layout, params, comm, dtype
+        self.replicated = replicated
+        self.shard = comm.rank
+        fill = fill or self._fill_from_params
+        self._empty = torch.empty(0, dtype=dtype, device=comm.device)
+        self.shards: list[torch.Tensor] = []
+        self.full: dict[int, torch.Tensor] = {}  # gathered (or replicated) full buffers
+        self._pending: dict[int, PendingCollective] = {}
+        for spec in layout.buffers:
+            full = torch.zeros(spec.padded_numel, dtype=dtype, device=comm.device)
+            fill(spec, full)
+            comm.broadcast(full, 0)  # every rank starts from rank 0's values
+            lo, hi = spec.shard_range(self.shard)
+            if spec.index in replicated:
+                self.shards.append(full[lo:hi])
+                self.full[spec.index] = full
+                self._point_params_at(spec, full)
+            else:
+                self.shards.append(full[lo:hi].clone())
+                self._point_params_at(spec, None)
+
+    def _fill_from_params(self, spec: BufferSpec, full: torch.Tensor) -> None:
+        with torch.no_grad():
+            for slot in spec.slots:
+                full[slot.offset:slot.end].copy_(self.params[slot.name].detach().reshape(-1))
+
+    def _point_params_at(self, spec: BufferSpec, full: torch.Tensor | None) -> None:
+        for slot in spec.slots:
+            data = self._empty if full is None else full[slot.offset:slot.end].view(slot.shape)
+            self.params[slot.name].data = data
+
+    # -- gather / release -------------------------------------------------------------------
+    def is_available(self, index: int) -> bool:
+        return index in self.full
+
+    def is_pending(self, index: int) -> bool:
+        return index in self._pending
+
+    def start_gather(self, index: int) -> None:
+        """Launches the all-gather of buffer ``index`` (no-op if gathered or under way)."""
+        if index in self.full or index in self._pending:
+            return
+        spec = self.layout.buffers[index]
+        full = torch.empty(spec.padded_numel, dtype=self.dtype, device=self.comm.device)
+        pending = self.comm.all_gather_into(full, self.shards[index], async_op=True)
+        pending.on_done = lambda: self._install(index, full)
+        self._pending[index] = pending
+
+    def _install(self, index: int, full: torch.Tensor) -> None:
+        self._pending.pop(index, None)
+        self.full[index] = full
+        self._point_params_at(self.layout.buffers[index], full)
+
+    def wait_gather(self, index: int) -> None:
+        """Blocks until buffer ``index`` is whole and its parameters point into it."""
+        self.start_gather(index)
+        pending = self._pending.get(index)
+        if pending is not None:
+            pending.wait()
+
+    def release(self, index: int) -> None:
+        """Frees the full copy of a partitioned buffer (replicated buffers stay)."""
+        if index in self.replicated:
+            return
+        pending = self._pending.get(index)
+        if pending is not None:
+            pending.wait()
+        if self.full.pop(index, None) is not None:
+            self._point_params_at(self.layout.buffers[index], None)
+
+    def gathered_numel(self) -> int:
+        """Elements of partitioned buffers currently whole or being gathered."""
+        indices = (set(self.full) | set(self._pending)) - set(self.replicated)
+        return sum(self.layout.buffers[i].padded_numel for i in indices)
+
+    # -- optimizer side ---------------------------------------------------------------------
+    def shard_view(self, index: int, shard: int) -> torch.Tensor:
+        assert shard == self.shard, "stage 3 stores only this rank's shard"
+        return self.shards[index]
+
+    def publish(self, shard: int, async_op: bool = True) -> None:
+        """Re-assembles the replicated buffers after their owners updated their slices."""
+        pending = [self.comm.all_gather_into(self.full[i], self.shards[i], async_op=async_op)
+                   for i in sorted(self.replicated)]
+        for item in pending:
+            if item is not None:
+                item.wait()
+
+    def storage(self) -> list[torch.Tensor]:
+        return list(self.shards) + list(self.full.values())

@@ -1,0 +1,83 @@
+"""Stage 3 wiring: which parameters are partitioned, per unit, and who gathers them.
+
+Parameters smaller than ``stage3_param_persistence_threshold`` elements stay whole on every
+rank (gathering them would cost more in latency than they save in memory); their gradients and
+optimizer state are still partitioned. Every other parameter lives only as a 1/N shard and is
+gathered per unit by the :class:`ParamCoordinator`. Frozen parameters are partitioned too, in
+buffers of their own that the optimizer never sees.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from zerolib.comm import CommContext
+from zerolib.partition.coordinator import (BufferRef, GatherPolicy, ParamCoordinator, Unit,
+                                           assign_params_to_units, find_unit_modules)
+from zerolib.partition.layout import FlatLayout
+from zerolib.partition.partitioned import FillFn, PartitionedParams
+from zerolib.zero.optimizer import ZeroSettings
+
+
+@dataclass
+class Stage3Plan:
+    """The partitioned stores of one model and the coordinator that gathers them."""
+
+    layout: FlatLayout  # trainable parameters: what the optimizer steps
+    store: PartitionedParams
+    frozen_store: PartitionedParams | None
+    coordinator: ParamCoordinator
+
+
+def _groups_by_unit(names: list[str], params: dict[str, nn.Parameter], owner: dict[str, int], num_units: int):
+    groups: list[list[tuple[str, torch.Size]]] = [[] for _ in range(num_units)]
+    for name in names:
+        groups[owner[name]].append((name, params[name].shape))
+    return groups
+
+
+def plan_stage3(module: nn.Module, comm: CommContext, settings: ZeroSettings, dtype: torch.dtype,
+                fill: FillFn | None = None) -> Stage3Plan:
+    """Partitions ``module``'s parameters (already on the device, in ``dtype``)."""
+    unit_modules = find_unit_modules(module)
+    owner = assign_params_to_units(module, unit_modules)
+    params = dict(module.named_parameters())
+    threshold = settings.param_persistence_threshold
+    persistent = [n for n, p in params.items() if p.requires_grad and p.numel() < threshold]
+    sharded = [n for n, p in params.items() if p.requires_grad and p.numel() >= threshold]
+    frozen = [n for n, p in params.items() if not p.requires_grad and p.numel() >= threshold]
+
+    persistent_layout = FlatLayout.packed([(n, params[n].shape) for n in persistent], comm.world_size,
+                                          max_buffer_numel=settings.bucket_numel)
+    persistent_groups = [[(s.name, s.shape) for s in b.slots] for b in persistent_layout.buffers]
+    unit_groups = _groups_by_unit(sharded, params, owner, len(unit_modules))
+    layout = FlatLayout(persistent_groups + [g for g in unit_groups if g], comm.world_size)
+    trainable = {n: params[n] for n in persistent + sharded}
+    store = PartitionedParams(layout, trainable, comm, dtype=dtype, fill=fill,
+                              replicated=frozenset(range(len(persistent_groups))))
+    unit_buffer = {}
+    next_index = len(persistent_groups)
+    for unit_index, group in enumerate(unit_groups):
+        if group:
+            unit_buffer[unit_index] = next_index
+            next_index += 1
+
+    frozen_groups = _groups_by_unit(frozen, params, owner, len(unit_modules))
+    frozen_store, frozen_buffer = None, {}
+    if frozen:
+        frozen_layout = FlatLayout([g for g in frozen_groups if g], comm.world_size)
+        frozen_store = PartitionedParams(frozen_layout, {n: params[n] for n in frozen}, comm, dtype=dtype, fill=fill)
+        frozen_buffer = {u: i for i, u in enumerate(u for u, g in enumerate(frozen_groups) if g)}
+
+    units = []
+    for unit_index, (name, unit_module) in enumerate(unit_modules):
+        refs = []
+        if unit_index in unit_buffer:
+            refs.append(BufferRef(store, unit_buffer[unit_index]))
+        if unit_index in frozen_buffer:
+            refs.append(BufferRef(frozen_store, frozen_buffer[unit_index]))
+        units.append(Unit(unit_index, name or "<root>", unit_module, tuple(refs)))
+    policy = GatherPolicy(settings.prefetch_bucket_numel, settings.max_live_numel, settings.max_reuse_distance)
+    return Stage3Plan(layout, store, frozen_store, ParamCoordinator(units, policy))
