@@ -2,9 +2,9 @@
 import math
 from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
-from .errors import KeyIssue, closest_key
+from .errors import KeyIssue, closest_key, from_validation_error
 
 
 def _whole_number(value: Any) -> Any:
@@ -45,7 +45,16 @@ class StrictModel(BaseModel):
     lax parsing lets typos in values pass unnoticed.
     """
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True,
+                              allow_inf_nan=False)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Assignment rejects with ConfigError too (path relative to this block). __init__ is
+        # not wrapped: pydantic would then call it for nested blocks and nest the messages.
+        try:
+            super().__setattr__(name, value)
+        except ValidationError as exc:
+            raise from_validation_error(exc) from None
 
     # Keys users commonly put in this block that live elsewhere: key -> where it belongs.
     MISPLACED_KEYS: ClassVar[dict[str, str]] = {}
