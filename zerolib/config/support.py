@@ -67,10 +67,11 @@ IGNORED: tuple[str, ...] = (
 
 
 def check_implemented(cfg: ZeroConfig) -> None:
-    """Raise ConfigError for the first setting in `cfg` this version does not implement."""
-    for row in UNIMPLEMENTED:
-        if row.in_use(cfg):
-            raise ConfigError(row.path, row.message)
+    """Raise one ConfigError naming every setting in `cfg` this version does not implement."""
+    missing = [row for row in UNIMPLEMENTED if row.in_use(cfg)]
+    if missing:
+        first, *rest = missing
+        raise ConfigError(first.path, first.message, [f"{r.path}: {r.message}" for r in rest])
 
 
 def ignored_keys_given(given: dict) -> list[str]:
