@@ -75,8 +75,8 @@ class StrictModel(BaseModel):
         if not isinstance(data, dict):
             return data  # pydantic reports the wrong type with the location
         for key in data:
-            if not isinstance(key, str):
-                raise KeyIssue(repr(key), "keys must be strings")
+            if not isinstance(key, str) or not key:
+                raise KeyIssue(repr(key), "keys must be non-empty strings")
             if key not in cls.model_fields:
                 raise KeyIssue(key, cls.unknown_key_detail(key))
         return data
