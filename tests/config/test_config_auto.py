@@ -37,7 +37,8 @@ def test_without_a_model_auto_falls_back_to_the_default_and_says_so():
     assert cfg.gradient_clipping == 1.0
     assert ("zero_optimization.reduce_bucket_size: \"auto\" resolved to the default 500000000; "
             "set it explicitly to silence this") in notes
-    assert any(n.startswith("gradient_clipping: \"auto\" resolved to the default 1.0") for n in notes)
+    assert any(n.startswith("gradient_clipping: \"auto\" resolved to the default 1.0")
+               for n in notes)
 
 
 def test_resolve_auto_does_not_modify_its_input():

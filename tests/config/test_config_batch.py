@@ -53,7 +53,8 @@ def test_reloading_a_config_re_resolves_for_another_world_size():
 def test_auto_batch_keys_resolve_from_the_others():
     cfg, notes = load_with_warnings({T: "auto", M: 2, G: "auto"}, world_size=4)
     assert (cfg.train_batch_size, cfg.gradient_accumulation_steps) == (8, 1)
-    assert any(note.startswith(f"{T}: \"auto\" resolved from the other batch keys") for note in notes)
+    assert any(note.startswith(f"{T}: \"auto\" resolved from the other batch keys")
+               for note in notes)
 
 
 def test_all_auto_batch_names_the_key_to_set():

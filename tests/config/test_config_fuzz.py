@@ -20,8 +20,9 @@ PATH_SHAPE = re.compile(r"^(\w+|'')((\.(\w+|''))|(\[\d+\]))*$")
 
 def _seed_configs() -> list[dict]:
     """Valid configs for every world size fuzzed, so that each mutation is what gets judged."""
-    configs = [fixture_dict(name) for name in ("hf_trainer_zero2.json", "hf_trainer_zero3.json",
-                                               "deepspeed_zero1_bert.json", "legacy_spellings.json")]
+    names = ("hf_trainer_zero2.json", "hf_trainer_zero3.json", "deepspeed_zero1_bert.json",
+             "legacy_spellings.json")
+    configs = [fixture_dict(name) for name in names]
     for config in configs:
         config["train_micro_batch_size_per_gpu"] = 2
         config.pop("train_batch_size", None)

@@ -168,3 +168,24 @@ def test_assignment_is_validated():
         cfg.zero_optimization.stage = 7
     with pytest.raises(ConfigError, match=r"^train_batch_size: Input should be greater than"):
         cfg.train_batch_size = 0
+
+
+def test_node_size_defaults_from_local_world_size(monkeypatch):
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert load_config({"train_batch_size": 8}, world_size=4).comm.node_size == 2
+    # A launcher value that does not fit the world size is not the config's fault: one node.
+    assert load_config({"train_batch_size": 9}, world_size=3).comm.node_size == 3
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    assert load_config({"train_batch_size": 8}, world_size=4).comm.node_size == 4
+    explicit = load_config({"train_batch_size": 8, "comm": {"node_size": 1}}, world_size=4)
+    assert explicit.comm.node_size == 1
+    with pytest.raises(ConfigError, match=r"^comm\.node_size: 3 does not divide world_size 4"):
+        load_config({"train_batch_size": 8, "comm": {"node_size": 3}}, world_size=4)
+
+
+def test_typed_blocks_accept_assignment():
+    cfg = load_config({"train_batch_size": 8})
+    cfg.optimizer = {"type": "sgd", "params": {"lr": 0.5}}
+    assert cfg.optimizer.type == "SGD" and cfg.optimizer.params.lr == 0.5
+    with pytest.raises(ConfigError, match=r"^optimizer: Input should be an object"):
+        cfg.optimizer = "adam"

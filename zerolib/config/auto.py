@@ -5,6 +5,7 @@ has no Trainer, so it resolves what it can derive (bucket sizes from the model's
 batch triple from the other two keys) and otherwise falls back to the key's documented default
 with a note. A key with no default and nothing to derive it from is an error naming the key.
 """
+from types import MappingProxyType
 from typing import Any
 
 from .batch import GAS, MICRO, TRAIN
@@ -13,11 +14,11 @@ AUTO = "auto"
 Notes = dict[str, str]
 
 # zero_optimization keys derived from the hidden size h, with the Trainer's formulas.
-_FROM_HIDDEN = {
+_FROM_HIDDEN = MappingProxyType({
     "reduce_bucket_size": lambda h: h * h,
     "stage3_prefetch_bucket_size": lambda h: int(0.9 * h * h),
     "stage3_param_persistence_threshold": lambda h: 10 * h,
-}
+})
 
 
 def hidden_size(model: Any) -> int | None:

@@ -1,5 +1,7 @@
 """The base model every config block derives from, and the value types the blocks share."""
 import math
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
@@ -57,7 +59,7 @@ class StrictModel(BaseModel):
             raise from_validation_error(exc) from None
 
     # Keys users commonly put in this block that live elsewhere: key -> where it belongs.
-    MISPLACED_KEYS: ClassVar[dict[str, str]] = {}
+    MISPLACED_KEYS: ClassVar[Mapping[str, str]] = MappingProxyType({})
 
     @classmethod
     def unknown_key_detail(cls, key: str) -> str:

@@ -1,7 +1,7 @@
 """`zerolib config check FILE [--world_size N]`: validate a config without training.
 
-Prints every warning (stderr), then the resolved config as JSON (stdout); on a bad config prints the error and
-exits non-zero. Also runnable as `python -m zerolib.config.check FILE`.
+Prints every warning (stderr), then the resolved config as JSON (stdout); on a bad config
+prints the error and exits non-zero. Also runnable as `python -m zerolib.config.check FILE`.
 """
 import argparse
 import json

@@ -30,7 +30,8 @@ class ZeroConfigWarning(UserWarning):
 
 
 class KeyIssue(ValueError):
-    """Raised inside validators: `subpath` is relative to the model being validated.
+    """Raised inside validators: `subpath` is relative to the value being validated ("" for
+    the value itself).
 
     Pydantic keeps the original exception in the error's context, so the conversion below can
     append the subpath to pydantic's location and report the full key path.
@@ -75,8 +76,10 @@ def _describe(error: dict, prefix: tuple) -> tuple[str, str]:
     loc = prefix + tuple(error["loc"])
     cause = (error.get("ctx") or {}).get("error")
     if isinstance(cause, KeyIssue):
-        return format_path(loc + tuple(cause.subpath.split("."))), cause.detail
+        return format_path(loc + tuple(p for p in cause.subpath.split(".") if p)), cause.detail
     detail = error["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    if error["type"] == "model_type":  # pydantic names the Python class; users wrote JSON
+        detail = "Input should be an object ({...})"
     if error["type"] == "missing":
         return format_path(loc), "required key is missing"
     if error["type"] not in ("extra_forbidden",) and "input" in error:

@@ -1,7 +1,8 @@
 """`load_config`: from a dict, a JSON file or a ZeroConfig to a resolved ZeroConfig.
 
-Order: read → rewrite deprecated spellings → resolve "auto" → validate (pydantic) → resolve the
-batch triple for the world size → check what this version implements → emit the warnings.
+Order: read → rewrite deprecated spellings → resolve "auto" → validate (pydantic) → resolve
+the batch triple and the node size for the world size → check what this version implements →
+emit the warnings.
 """
 import copy
 import json
@@ -13,6 +14,7 @@ from pydantic import ValidationError
 
 from .auto import resolve_auto
 from .batch import GAS, MICRO, TRAIN, resolve_batch
+from .comm import default_node_size
 from .deprecated import apply_deprecations
 from .errors import ConfigError, ZeroConfigWarning, from_validation_error
 from .root import ZeroConfig
@@ -93,6 +95,12 @@ def _with_batch(cfg: ZeroConfig, world_size: int, notes: dict[str, str]) -> Zero
     return cfg.model_copy(update={TRAIN: train, MICRO: micro, GAS: gas})
 
 
+def _with_node_size(cfg: ZeroConfig, world_size: int) -> ZeroConfig:
+    if cfg.comm.node_size is None:
+        cfg.comm.node_size = default_node_size(world_size)
+    return cfg
+
+
 def _complete_default_notes(cfg: ZeroConfig, notes: dict[str, str]) -> None:
     """Append the value each "auto"-to-default key ended up with."""
     for path, note in notes.items():
@@ -126,6 +134,7 @@ def load_config(source: Any, *, world_size: int = 1, model: Any = None,
         raw, auto_notes = resolve_auto(given, world_size, model)
         notes.update(auto_notes)
         cfg = _with_batch(_validate(raw, world_size, notes), world_size, notes)
+        cfg = _with_node_size(cfg, world_size)
         if check_implemented:
             check_support(cfg)
     except ConfigError as exc:

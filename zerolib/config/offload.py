@@ -27,7 +27,8 @@ class _OffloadBase(StrictModel):
 
 
 class OffloadOptimizerConfig(_OffloadBase):
-    """`zero_optimization.offload_optimizer`: optimizer states and step on the CPU (ZeRO-Offload)."""
+    """`zero_optimization.offload_optimizer`: optimizer states and step on the CPU
+    (ZeRO-Offload)."""
 
     buffer_count: Count = described(4, "Buffers for the nvme swap pipeline.", ge=1)
     ratio: float = described(

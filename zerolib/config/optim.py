@@ -3,6 +3,7 @@
 DeepSpeed's "Adam" defaults to decoupled weight decay (adam_w_mode true), so a DeepSpeed config
 with "Adam" and weight_decay trains AdamW; zerolib keeps that meaning so configs port unchanged.
 """
+from types import MappingProxyType
 from typing import Annotated, Literal
 
 from pydantic import model_validator
@@ -14,12 +15,13 @@ from .typed_block import typed_block
 Betas = Annotated[tuple[float, float], ListAsTuple]
 
 _CLIP_HINT = "gradient clipping is the top-level key 'gradient_clipping'"
+_CLIP_HINTS = MappingProxyType({"max_grad_norm": _CLIP_HINT, "clip_grad": _CLIP_HINT})
 
 
 class AdamParams(StrictModel):
     """`optimizer.params` for Adam and AdamW."""
 
-    MISPLACED_KEYS = {"max_grad_norm": _CLIP_HINT, "clip_grad": _CLIP_HINT}
+    MISPLACED_KEYS = _CLIP_HINTS
 
     lr: float = described(1e-3, "Learning rate.", ge=0)
     betas: Betas = described(
@@ -45,7 +47,7 @@ class AdamParams(StrictModel):
 class SGDParams(StrictModel):
     """`optimizer.params` for SGD (torch.optim.SGD's arguments)."""
 
-    MISPLACED_KEYS = {"max_grad_norm": _CLIP_HINT, "clip_grad": _CLIP_HINT}
+    MISPLACED_KEYS = _CLIP_HINTS
 
     lr: float = described(1e-3, "Learning rate.", ge=0)
     momentum: float = described(0.0, "Momentum factor.", ge=0)
@@ -56,8 +58,8 @@ class SGDParams(StrictModel):
     @model_validator(mode="after")
     def _nesterov_needs_momentum(self) -> "SGDParams":
         if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
-            raise KeyIssue("nesterov", "needs momentum > 0 and dampening 0 "
-                                       f"(got momentum={self.momentum}, dampening={self.dampening})")
+            raise KeyIssue("nesterov", f"needs momentum > 0 and dampening 0 (got momentum="
+                                       f"{self.momentum}, dampening={self.dampening})")
         return self
 
 
@@ -89,7 +91,8 @@ class SGDOptimizer(StrictModel):
     params: SGDParams = described(default_factory=SGDParams, description="SGD's arguments.")
 
 
-OPTIMIZERS = {"Adam": AdamOptimizer, "AdamW": AdamWOptimizer, "SGD": SGDOptimizer}
+OPTIMIZERS = MappingProxyType(
+    {"Adam": AdamOptimizer, "AdamW": AdamWOptimizer, "SGD": SGDOptimizer})
 # DeepSpeed's other optimizer types: recognised so the error says "not supported", not "typo".
 UNSUPPORTED_OPTIMIZERS = (
     "OneBitAdam", "ZeroOneAdam", "OneBitLamb", "Lamb", "Lion", "Adagrad", "MuAdam", "MuAdamW",

@@ -3,6 +3,7 @@
 Defaults are DeepSpeed's. A param that belongs to another scheduler type is the most common
 mistake when switching types, so the error names the type it belongs to.
 """
+from types import MappingProxyType
 from typing import ClassVar, Literal
 
 from pydantic import model_validator
@@ -124,10 +125,10 @@ def _params_model(block: type) -> type:
     return block.model_fields["params"].annotation
 
 
-SCHEDULERS = {
+SCHEDULERS = MappingProxyType({
     model.TYPE_NAME: _scheduler_block(model.TYPE_NAME, model)
     for model in (WarmupLRParams, WarmupDecayLRParams, WarmupCosineLRParams, OneCycleParams)
-}
+})
 UNSUPPORTED_SCHEDULERS = ("LRRangeTest",)
 
 SchedulerConfig = typed_block(SCHEDULERS, UNSUPPORTED_SCHEDULERS)

@@ -6,7 +6,7 @@ instead of with a generic "unknown value".
 """
 from typing import Annotated, Any, Union
 
-from pydantic import BeforeValidator, Discriminator, Tag
+from pydantic import BaseModel, BeforeValidator, Discriminator, Tag
 
 from .errors import KeyIssue
 
@@ -30,12 +30,16 @@ def typed_block(supported: dict[str, type], unsupported: tuple[str, ...]) -> Any
     `unsupported` lists DeepSpeed's other type names, which get a clear rejection.
     """
 
+    choices = ", ".join(supported)
+
     def check_type(raw: Any) -> Any:
+        if isinstance(raw, BaseModel):
+            return raw  # an assignment of an already validated block
         if not isinstance(raw, dict):
-            return raw  # pydantic reports the wrong type
+            raise KeyIssue("", f"Input should be an object {{\"type\": one of {choices}, "
+                               f"\"params\": {{...}}}} (got {raw!r:.60})")
         kind = raw.get("type")
         name = canonical_type(kind, supported)
-        choices = ", ".join(supported)
         if kind is None:
             raise KeyIssue("type", f"required key is missing; one of {choices}")
         if name is None:
