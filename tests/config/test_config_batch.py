@@ -2,7 +2,7 @@
 import pytest
 
 from config_helpers import load_with_warnings
-from zerolib.config import ConfigError, load_config
+from zerolib.config import ConfigError, ZeroConfig, load_config
 
 T, M, G = "train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps"
 
@@ -61,3 +61,15 @@ def test_all_auto_batch_names_the_key_to_set():
     with pytest.raises(ConfigError, match=rf"^{T}: no batch size given.*{T}, {M}, {G} \"auto\" "
                                           r"cannot be resolved"):
         load_config({T: "auto", M: "auto", G: "auto"})
+
+
+def test_reloading_keeps_assignments_and_given_batch_keys():
+    cfg = load_config({T: 64, G: 4}, world_size=2)
+    cfg.zero_optimization.stage = 2
+    cfg.gradient_clipping = 0.0
+    again = load_config(cfg, world_size=4)
+    assert again.zero_optimization.stage == 2 and again.gradient_clipping == 0.0
+    assert (again.train_batch_size, again.train_micro_batch_size_per_gpu,
+            again.gradient_accumulation_steps) == (64, 4, 4)
+    direct = ZeroConfig(train_micro_batch_size_per_gpu=2)
+    assert load_config(direct, world_size=3).train_batch_size == 6

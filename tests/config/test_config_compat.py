@@ -64,6 +64,9 @@ def test_ignored_keys_warn_by_name():
     assert any(n.startswith("accepted but ignored: zero_optimization.legacy_stage1") for n in notes)
     _, quiet = load_with_warnings(base())
     assert quiet == []
+    loaded, _ = load_with_warnings(base(wandb={"enabled": False}))
+    _, reloaded = load_with_warnings(loaded, world_size=2)
+    assert reloaded == []  # warned at the first load; to_dict's explicit defaults are not news
     assert set(IGNORED) >= {"zero_optimization.mics_shard_size", "flops_profiler"}
 
 

@@ -52,11 +52,7 @@ def _read_json(path: str) -> dict:
 
 
 def _read_source(source: Any) -> tuple[dict, str | None]:
-    """(the config as given, the file it came from or None)."""
-    if isinstance(source, ZeroConfig):
-        given = source._given if source._given is not None else source.model_dump(
-            exclude_unset=True)
-        return copy.deepcopy(given), None
+    """(the config as given, the file it came from or None) for a dict or a path."""
     if isinstance(source, dict):
         return copy.deepcopy(source), None
     if isinstance(source, (str, os.PathLike)):
@@ -64,6 +60,23 @@ def _read_source(source: Any) -> tuple[dict, str | None]:
         return _read_json(path), path
     raise ConfigError("config", "expected a dict, a path to a JSON file or a ZeroConfig, "
                                 f"got {type(source).__name__}")
+
+
+def _current_values(cfg: ZeroConfig) -> tuple[dict, dict]:
+    """(cfg's current values without those derived for its world size, what was given).
+
+    Current values keep assignments made after loading; the batch keys and node size that
+    load_config derived are dropped so that they are derived again for the new world size.
+    """
+    given = cfg._given if cfg._given is not None else cfg.model_dump(exclude_unset=True)
+    current = cfg.model_dump(mode="json")
+    for key in (TRAIN, MICRO, GAS):
+        if given.get(key) in (None, "auto"):
+            del current[key]
+    given_comm = given.get("comm")
+    if not isinstance(given_comm, dict) or given_comm.get("node_size") is None:
+        del current["comm"]["node_size"]
+    return current, copy.deepcopy(given)
 
 
 def _check_world_size(world_size: Any) -> None:
@@ -117,33 +130,52 @@ def _emit(notes: dict[str, str]) -> None:
         warnings.warn(note, ZeroConfigWarning, stacklevel=3)
 
 
+def _resolve(raw: dict, world_size: int, check_implemented: bool,
+             notes: dict[str, str]) -> ZeroConfig:
+    """Validate `raw` (free of deprecated spellings and "auto") and resolve it for world_size."""
+    cfg = _with_batch(_validate(raw, world_size, notes), world_size, notes)
+    cfg = _with_node_size(cfg, world_size)
+    if check_implemented:
+        check_support(cfg)
+    return cfg
+
+
+def _load_given(given: dict, world_size: int, model: Any, check_implemented: bool,
+                notes: dict[str, str]) -> tuple[ZeroConfig, dict]:
+    """(the resolved config, the given config with deprecated spellings rewritten)."""
+    given = apply_deprecations(given, notes)
+    raw, auto_notes = resolve_auto(given, world_size, model)
+    notes.update(auto_notes)
+    cfg = _resolve(raw, world_size, check_implemented, notes)
+    _complete_default_notes(cfg, notes)
+    for path in ignored_keys_given(given):
+        notes.setdefault(path, f"accepted but ignored: {path} (zerolib does not act on it)")
+    return cfg, given
+
+
 def load_config(source: Any, *, world_size: int = 1, model: Any = None,
                 check_implemented: bool = True) -> ZeroConfig:
     """Load and resolve a config for `world_size` data-parallel ranks.
 
-    `source` is a dict, a path to a JSON file, or a ZeroConfig (re-resolved for `world_size`).
-    `model` (optional) supplies `model.config.hidden_size` for "auto" bucket sizes. With
-    `check_implemented`, settings this version does not implement are rejected.
+    `source` is a dict, a path to a JSON file, or a ZeroConfig (its current values, with the
+    batch keys and node size it derived derived again for `world_size`). `model` (optional)
+    supplies `model.config.hidden_size` for "auto" bucket sizes. With `check_implemented`,
+    settings this version does not implement are rejected.
     Every rejection is a ConfigError naming the key path; warnings are ZeroConfigWarning.
     """
     _check_world_size(world_size)
-    given, file = _read_source(source)
-    try:
-        notes: dict[str, str] = {}
-        given = apply_deprecations(given, notes)
-        raw, auto_notes = resolve_auto(given, world_size, model)
-        notes.update(auto_notes)
-        cfg = _with_batch(_validate(raw, world_size, notes), world_size, notes)
-        cfg = _with_node_size(cfg, world_size)
-        if check_implemented:
-            check_support(cfg)
-    except ConfigError as exc:
-        if file is None:
-            raise
-        raise ConfigError(exc.path, f"{exc.detail} (in {file})", exc.more) from None
+    notes: dict[str, str] = {}
+    if isinstance(source, ZeroConfig):
+        current, given = _current_values(source)
+        cfg = _resolve(current, world_size, check_implemented, notes)
+    else:
+        given, file = _read_source(source)
+        try:
+            cfg, given = _load_given(given, world_size, model, check_implemented, notes)
+        except ConfigError as exc:
+            if file is None:
+                raise
+            raise ConfigError(exc.path, f"{exc.detail} (in {file})", exc.more) from None
     cfg._given = given
-    _complete_default_notes(cfg, notes)
-    for path in ignored_keys_given(given):
-        notes.setdefault(path, f"accepted but ignored: {path} (zerolib does not act on it)")
     _emit(notes)
     return cfg
