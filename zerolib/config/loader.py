@@ -39,7 +39,7 @@ def _read_json(path: str) -> dict:
             data = json.load(file, object_pairs_hook=_reject_duplicates)
     except FileNotFoundError:
         raise ConfigError(path, "config file not found") from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+    except (OSError, UnicodeDecodeError) as exc:  # a directory, no permission, not text, ...
         raise ConfigError(path, f"cannot read the config file: {exc}") from None
     except json.JSONDecodeError as exc:
         raise ConfigError(path, f"invalid JSON at line {exc.lineno}, column {exc.colno}: "
