@@ -173,6 +173,9 @@ def load_config(source: Any, *, world_size: int = 1, model: Any = None,
         try:
             cfg, given = _load_given(given, world_size, model, check_implemented, notes)
         except ConfigError as exc:
+            # Deprecation notes still help when the config is rejected; "auto" notes without
+            # their resolved value would not.
+            _emit({k: v for k, v in notes.items() if not v.endswith("the default")})
             if file is None:
                 raise
             raise ConfigError(exc.path, f"{exc.detail} (in {file})", exc.more) from None
