@@ -141,16 +141,15 @@ def _resolve(raw: dict, world_size: int, check_implemented: bool,
 
 
 def _load_given(given: dict, world_size: int, model: Any, check_implemented: bool,
-                notes: dict[str, str]) -> tuple[ZeroConfig, dict]:
-    """(the resolved config, the given config with deprecated spellings rewritten)."""
-    given = apply_deprecations(given, notes)
+                notes: dict[str, str]) -> ZeroConfig:
+    """The resolved config from `given` (free of deprecated spellings); notes are added."""
     raw, auto_notes = resolve_auto(given, world_size, model)
     notes.update(auto_notes)
     cfg = _resolve(raw, world_size, check_implemented, notes)
     _complete_default_notes(cfg, notes)
     for path in ignored_keys_given(given):
         notes.setdefault(path, f"accepted but ignored: {path} (zerolib does not act on it)")
-    return cfg, given
+    return cfg
 
 
 def load_config(source: Any, *, world_size: int = 1, model: Any = None,
@@ -170,15 +169,16 @@ def load_config(source: Any, *, world_size: int = 1, model: Any = None,
         cfg = _resolve(current, world_size, check_implemented, notes)
     else:
         given, file = _read_source(source)
+        deprecations: dict[str, str] = {}
         try:
-            cfg, given = _load_given(given, world_size, model, check_implemented, notes)
+            given = apply_deprecations(given, deprecations)
+            cfg = _load_given(given, world_size, model, check_implemented, notes)
         except ConfigError as exc:
-            # Deprecation notes still help when the config is rejected; "auto" notes without
-            # their resolved value would not.
-            _emit({k: v for k, v in notes.items() if not v.endswith("the default")})
+            _emit(deprecations)  # they still help to fix a rejected config
             if file is None:
                 raise
             raise ConfigError(exc.path, f"{exc.detail} (in {file})", exc.more) from None
+        notes = {**deprecations, **notes}
     cfg._given = given
     _emit(notes)
     return cfg
