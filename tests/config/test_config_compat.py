@@ -55,6 +55,9 @@ def test_old_spelling_maps_and_warns_once(old, check):
      r"^zero_optimization\.cpu_offload: conflicts with zero_optimization\.offload_optimizer"),
     (base(zero_optimization={"cpu_offload": "yes"}),
      r"^zero_optimization\.cpu_offload: Input should be a valid boolean"),
+    (base(zero_optimization={"stage": 1, "cpu_offload_use_pin_memory": 1}),
+     r"^zero_optimization\.cpu_offload_use_pin_memory: Input should be a valid boolean"),
+    (base(fp32_allreduce="yes"), r"^fp32_allreduce: Input should be a valid boolean"),
     (base(fp32_allreduce=True, communication_data_type="bf16"),
      r"^fp32_allreduce: conflicts with communication_data_type"),
 ])

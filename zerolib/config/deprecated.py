@@ -22,15 +22,19 @@ def _move(block: dict, old: str, new: str, where: str, notes: Notes) -> None:
     notes[old_path] = f"{old_path} is deprecated; write {new_path}"
 
 
+def _pop_bool(block: dict, old: str, old_path: str) -> bool:
+    value = block.pop(old)
+    if not isinstance(value, bool):
+        raise ConfigError(old_path, f"Input should be a valid boolean (got {value!r})")
+    return value
+
+
 def _offload_flag(zero: dict, old: str, target: str, notes: Notes) -> None:
     """`cpu_offload: true` → `offload_optimizer: {device: cpu}` (and the same for params)."""
     if old not in zero:
         return
-    value = zero.pop(old)
     old_path = f"zero_optimization.{old}"
-    if not isinstance(value, bool):
-        raise ConfigError(old_path, f"Input should be a valid boolean (got {value!r})")
-    if value:
+    if _pop_bool(zero, old, old_path):
         if isinstance(zero.get(target), dict) and "device" in zero[target]:
             raise ConfigError(old_path, f"conflicts with zero_optimization.{target}.device; "
                                         f"keep only the latter")
@@ -43,7 +47,7 @@ def _pin_memory_flag(zero: dict, notes: Notes) -> None:
     old_path = "zero_optimization.cpu_offload_use_pin_memory"
     if "cpu_offload_use_pin_memory" not in zero:
         return
-    value = zero.pop("cpu_offload_use_pin_memory")
+    value = _pop_bool(zero, "cpu_offload_use_pin_memory", old_path)
     for target in ("offload_optimizer", "offload_param"):
         block = zero.get(target)
         if isinstance(block, dict):
@@ -76,14 +80,11 @@ def _zero_section(config: dict, notes: Notes) -> None:
 def _fp32_allreduce(config: dict, notes: Notes) -> None:
     if "fp32_allreduce" not in config:
         return
-    value = config.pop("fp32_allreduce")
-    if value is True:
+    if _pop_bool(config, "fp32_allreduce", "fp32_allreduce"):
         if config.get("communication_data_type") not in (None, "fp32"):
             raise ConfigError("fp32_allreduce", "conflicts with communication_data_type; keep "
                                                 "only communication_data_type")
         config["communication_data_type"] = "fp32"
-    elif value is not False:
-        raise ConfigError("fp32_allreduce", f"Input should be a valid boolean (got {value!r})")
     notes["fp32_allreduce"] = "fp32_allreduce is deprecated; write communication_data_type \"fp32\""
 
 

@@ -4,6 +4,7 @@
 DeepSpeed does, and canonicalised; DeepSpeed types zerolib does not provide are rejected by name
 instead of with a generic "unknown value".
 """
+from collections.abc import Mapping
 from typing import Annotated, Any, Union
 
 from pydantic import BaseModel, BeforeValidator, Discriminator, Tag
@@ -15,7 +16,7 @@ def _raw_type(raw: Any) -> Any:
     return raw.get("type") if isinstance(raw, dict) else getattr(raw, "type", None)
 
 
-def canonical_type(raw_type: Any, supported: dict[str, type]) -> str | None:
+def canonical_type(raw_type: Any, supported: Mapping[str, type]) -> str | None:
     """The supported type name matching `raw_type` regardless of case, or None."""
     if not isinstance(raw_type, str):
         return None
@@ -23,7 +24,7 @@ def canonical_type(raw_type: Any, supported: dict[str, type]) -> str | None:
     return by_lower.get(raw_type.lower())
 
 
-def typed_block(supported: dict[str, type], unsupported: tuple[str, ...]) -> Any:
+def typed_block(supported: Mapping[str, type], unsupported: tuple[str, ...]) -> Any:
     """An annotated union validating `{"type", "params"}` with the params model of the type.
 
     `supported` maps canonical type names to block models (each with `type: Literal[name]`);
