@@ -24,6 +24,7 @@ CASES = [
     ("misspelt-deep", base(zero_optimization={"stage": 1, "offload_optimizer": {"devic": "cpu"}}),
      r"zero_optimization\.offload_optimizer\.devic: unknown key; did you mean 'device'\?"),
     ("unknown-far", base(qqqqqq=1), r"qqqqqq: unknown key; valid keys are "),
+    ("unknown-with-equals", base(fp16={"a=b": 1}), r"fp16\.a=b: unknown key"),
     ("negative-lr", base(optimizer={"type": "Adam", "params": {"lr": -0.1}}),
      r"optimizer\.params\.lr: Input should be greater than or equal to 0 \(got -0\.1\)"),
     ("lr-string", base(optimizer={"type": "Adam", "params": {"lr": "1e-3"}}),

@@ -76,7 +76,10 @@ def _describe(error: dict, prefix: tuple) -> tuple[str, str]:
     loc = prefix + tuple(error["loc"])
     cause = (error.get("ctx") or {}).get("error")
     if isinstance(cause, KeyIssue):
-        return format_path(loc + tuple(p for p in cause.subpath.split(".") if p)), cause.detail
+        # The subpath holds keys the user wrote, so it is not filtered for tags like `loc` is.
+        parent = format_path(loc) if loc else ""
+        path = ".".join(part for part in (parent, cause.subpath) if part)
+        return path or "config", cause.detail
     detail = error["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
     if error["type"] == "model_type":  # pydantic names the Python class; users wrote JSON
         detail = "Input should be an object ({...})"
