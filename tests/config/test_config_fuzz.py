@@ -1,6 +1,7 @@
 """Seeded fuzzing: mutated configs are either accepted or rejected with a ConfigError naming a
 key path; no other exception escapes, and what is accepted is resolved and self-consistent."""
 import copy
+import json
 import random
 import re
 import warnings
@@ -84,7 +85,7 @@ def _check_accepted(cfg: ZeroConfig, world_size: int) -> None:
     assert cfg.train_batch_size == (cfg.train_micro_batch_size_per_gpu
                                     * cfg.gradient_accumulation_steps * world_size)
     resolved = cfg.to_dict()
-    again = load_config(resolved, world_size=world_size, check_implemented=False)
+    again = _load(resolved, world_size, False, None)
     assert again.to_dict() == resolved
 
 
@@ -97,18 +98,27 @@ def _check_rejected(error: ConfigError, config: dict) -> None:
     assert top in {str(key) for key in known} or top == "''", message
 
 
-def test_fuzzed_configs_accept_or_name_a_key_path():
+def _load(config: dict, world_size: int, check: bool, file) -> ZeroConfig:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if file is not None:  # through a JSON file too, where errors also name the file
+            file.write_text(json.dumps(config))
+            return load_config(file, world_size=world_size, check_implemented=check)
+        return load_config(config, world_size=world_size, check_implemented=check)
+
+
+def test_fuzzed_configs_accept_or_name_a_key_path(tmp_path):
     outcomes = {"accepted": 0, "rejected": 0}
     for index, config, world_size, check in _cases():
         original = copy.deepcopy(config)
+        as_file = index % 10 == 0 and all(isinstance(k, str) for b in _blocks(config) for k in b)
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                cfg = load_config(config, world_size=world_size, check_implemented=check)
-                _check_accepted(cfg, world_size)
+            cfg = _load(config, world_size, check, tmp_path / f"{index}.json" if as_file else None)
+            _check_accepted(cfg, world_size)
             outcomes["accepted"] += 1
         except ConfigError as error:
             _check_rejected(error, config)
+            assert not as_file or str(error).splitlines()[0].endswith(".json)"), str(error)
             outcomes["rejected"] += 1
         except Exception as error:  # noqa: BLE001 - the point of the test
             pytest.fail(f"case {index}: {type(error).__name__} escaped: {error}\n{config}")
