@@ -29,11 +29,16 @@ for what differs. Sizes accept integers or integral floats (`5e8`). Any value ma
 
 
 def _constraints(metadata: list) -> str:
-    parts = []
+    """' (≥ 1)'-style bounds; where a shared type and a field both bound a value, the tighter
+    bound is the one that applies."""
+    bounds: dict[str, Any] = {}
     for item in metadata:
         for kind, symbol in _BOUNDS:
             if isinstance(item, kind):
-                parts.append(f"{symbol} {getattr(item, kind.__name__.lower())}")
+                value = getattr(item, kind.__name__.lower())
+                tighter = max if symbol in ("≥", ">") else min
+                bounds[symbol] = tighter(bounds.get(symbol, value), value)
+    parts = [f"{symbol} {bounds[symbol]}" for _, symbol in _BOUNDS if symbol in bounds]
     return f" ({', '.join(parts)})" if parts else ""
 
 
