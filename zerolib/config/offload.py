@@ -1,0 +1,57 @@
+"""Offload blocks: `zero_optimization.offload_optimizer`, `zero_optimization.offload_param`, `aio`.
+
+pin_memory defaults to true (DeepSpeed's current default, see docs/deepspeed_migration.md):
+pinned host buffers are what make host-device copies asynchronous, and on a CPU-only machine
+pinning is skipped by the engine, so the default costs nothing there.
+"""
+from typing import Literal
+
+from pydantic import model_validator
+
+from .base import Count, StrictModel, described
+from .errors import KeyIssue
+
+OffloadDevice = Literal["none", "cpu", "nvme"]
+
+
+class _OffloadBase(StrictModel):
+    device: OffloadDevice = described("none", "Where the offloaded state lives.")
+    nvme_path: str | None = described(None, "Directory for the swap files; needed for nvme.")
+    pin_memory: bool = described(True, "Pin host buffers so that copies overlap with compute.")
+
+    @model_validator(mode="after")
+    def _nvme_needs_path(self) -> "_OffloadBase":
+        if self.device == "nvme" and not self.nvme_path:
+            raise KeyIssue("nvme_path", "required when device is 'nvme'")
+        return self
+
+
+class OffloadOptimizerConfig(_OffloadBase):
+    """`zero_optimization.offload_optimizer`: optimizer states and step on the CPU
+    (ZeRO-Offload)."""
+
+    buffer_count: Count = described(4, "Buffers for the nvme swap pipeline.", ge=1)
+    ratio: float = described(
+        1.0, "Fraction of the optimizer step run on the CPU (ZeRO-Offload++).", gt=0, le=1
+    )
+    fast_init: bool = described(False, "Faster optimizer state initialisation for nvme.")
+
+
+class OffloadParamConfig(_OffloadBase):
+    """`zero_optimization.offload_param`: stage-3 parameters held on the CPU or NVMe."""
+
+    buffer_count: Count = described(5, "Buffers for the nvme parameter swap.", ge=1)
+    buffer_size: Count = described(100_000_000, "Elements per nvme swap buffer.", ge=1)
+    max_in_cpu: Count = described(
+        1_000_000_000, "Elements kept in CPU memory when offloading to nvme."
+    )
+
+
+class AioConfig(StrictModel):
+    """`aio`: the asynchronous I/O engine used by nvme offload."""
+
+    block_size: Count = described(1_048_576, "Bytes per I/O request.", ge=1)
+    queue_depth: Count = described(8, "Outstanding requests per thread.", ge=1)
+    thread_count: Count = described(1, "I/O threads.", ge=1)
+    single_submit: bool = described(False, "Submit requests one at a time, not in batches.")
+    overlap_events: bool = described(True, "Overlap submission and completion of requests.")

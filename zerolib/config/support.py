@@ -1,0 +1,87 @@
+"""What this version of zerolib implements, as two tables the lead edits as features land.
+
+UNIMPLEMENTED: settings that exist in the schema but would silently do nothing; a config using
+one is rejected by `check_implemented` (called by `load_config` unless told not to).
+IGNORED: keys accepted so that DeepSpeed configs load, which zerolib does not act on; writing
+one gets a "accepted but ignored" ZeroConfigWarning.
+"""
+from typing import Callable, NamedTuple
+
+from .errors import ConfigError
+from .root import ZeroConfig
+
+
+class Unimplemented(NamedTuple):
+    path: str
+    in_use: Callable[[ZeroConfig], bool]
+    message: str
+
+
+def _checkpointing_in_use(cfg: ZeroConfig) -> bool:
+    block = cfg.activation_checkpointing
+    return block != type(block)()
+
+
+# One row per feature; delete the row when the feature lands.
+UNIMPLEMENTED: tuple[Unimplemented, ...] = (
+    Unimplemented("zero_optimization.stage", lambda c: c.zero_optimization.stage == 3,
+                  "stage 3 is not implemented yet in this version; use stage 0, 1 or 2"),
+    Unimplemented("zero_optimization.offload_optimizer.device",
+                  lambda c: c.zero_optimization.offload_optimizer.device != "none",
+                  "optimizer offload is not implemented yet in this version; use \"none\""),
+    Unimplemented("zero_optimization.offload_param.device",
+                  lambda c: c.zero_optimization.offload_param.device != "none",
+                  "parameter offload is not implemented yet in this version; use \"none\""),
+    Unimplemented("zero_optimization.zero_quantized_weights",
+                  lambda c: c.zero_optimization.zero_quantized_weights,
+                  "ZeRO++ quantized weights (qwZ) are not implemented yet in this version"),
+    Unimplemented("zero_optimization.zero_quantized_nontrainable_weights",
+                  lambda c: c.zero_optimization.zero_quantized_nontrainable_weights,
+                  "quantized frozen weights are not implemented yet in this version"),
+    Unimplemented("zero_optimization.zero_hpz_partition_size",
+                  lambda c: c.zero_optimization.zero_hpz_partition_size > 1,
+                  "ZeRO++ hierarchical partitioning (hpZ) is not implemented yet in this "
+                  "version; use 1"),
+    Unimplemented("zero_optimization.zero_quantized_gradients",
+                  lambda c: c.zero_optimization.zero_quantized_gradients,
+                  "ZeRO++ quantized gradients (qgZ) are not implemented yet in this version"),
+    Unimplemented("activation_checkpointing", _checkpointing_in_use,
+                  "activation checkpointing options are not implemented yet in this version; "
+                  "remove the block"),
+    Unimplemented("tensorboard.enabled", lambda c: c.tensorboard.enabled,
+                  "the TensorBoard monitor is not implemented yet in this version"),
+    Unimplemented("csv_monitor.enabled", lambda c: c.csv_monitor.enabled,
+                  "the CSV monitor is not implemented yet in this version"),
+)
+
+# Dotted key paths: accepted, never acted on. Delete an entry when zerolib starts using the key.
+IGNORED: tuple[str, ...] = (
+    "zero_optimization.mics_shard_size",
+    "zero_optimization.elastic_checkpoint",
+    "zero_optimization.legacy_stage1",
+    "zero_optimization.memory_efficient_linear",
+    "zero_optimization.round_robin_gradients",
+    "wandb",
+    "flops_profiler",
+)
+
+
+def check_implemented(cfg: ZeroConfig) -> None:
+    """Raise one ConfigError naming every setting in `cfg` this version does not implement."""
+    missing = [row for row in UNIMPLEMENTED if row.in_use(cfg)]
+    if missing:
+        first, *rest = missing
+        raise ConfigError(first.path, first.message, [f"{r.path}: {r.message}" for r in rest])
+
+
+def ignored_keys_given(given: dict) -> list[str]:
+    """The IGNORED key paths present in the config as the user wrote it."""
+    found = []
+    for path in IGNORED:
+        block = given
+        *parents, leaf = path.split(".")
+        for parent in parents:
+            block = block.get(parent) if isinstance(block, dict) else None
+        if isinstance(block, dict) and leaf in block:
+            found.append(path)
+    return found
