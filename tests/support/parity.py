@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from support.models import build
 from zerolib.models import GPT, GPTConfig
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -27,22 +28,27 @@ class Case:
     steps: int = 3
     seq: int = 16
     lr: float = 1e-2
+    model: str = "gpt"
+    zero_extra: tuple = ()  # extra zero_optimization items, as (key, value) pairs
 
     @property
     def name(self) -> str:
-        return f"stage{self.stage}-{self.dtype}-gas{self.gas}-clip{self.clip}"
+        return f"{self.model}-stage{self.stage}-{self.dtype}-gas{self.gas}-clip{self.clip}"
 
 
-def make_model(seed: int = 0, config: GPTConfig = TINY) -> GPT:
+def make_model(seed: int = 0, kind: str = "gpt", config: GPTConfig = TINY) -> GPT:
     torch.manual_seed(seed)
-    return GPT(config)
+    return build(kind, config)
 
 
 def make_batches(case: Case, world_size: int, seed: int = 1) -> torch.Tensor:
     """Tokens shaped [steps, gas, world, micro, seq+1]: micro-step g of step s on rank r."""
     gen = torch.Generator().manual_seed(seed)
-    return torch.randint(0, TINY.vocab_size, (case.steps, case.gas, world_size, case.micro, case.seq + 1),
-                         generator=gen)
+    tokens = torch.randint(0, TINY.vocab_size, (case.steps, case.gas, world_size, case.micro, case.seq + 1),
+                           generator=gen)
+    if case.model == "branchy":  # the branch must be the same on every rank: share the first token
+        tokens[:, :, :, 0, 0] = tokens[:, :, :1, 0, 0]
+    return tokens
 
 
 def engine_config(case: Case) -> dict:
@@ -52,8 +58,8 @@ def engine_config(case: Case) -> dict:
         "optimizer": {"type": "AdamW", "params": {"lr": case.lr, "weight_decay": 0.1}},
         "gradient_clipping": case.clip,
         "zero_optimization": {"stage": case.stage, "reduce_bucket_size": 20000, "allgather_bucket_size": 20000,
-                              "overlap_comm": True},
-        "steps_per_print": 0,
+                              "overlap_comm": True, **dict(case.zero_extra)},
+        "steps_per_print": None,
     }
     if case.dtype == "bf16":
         config["bf16"] = {"enabled": True}
@@ -66,7 +72,7 @@ def run_engine(case: Case, world_size: int, rank: int) -> dict:
     """Trains with zerolib on this rank; returns its micro-step losses and the final weights."""
     import zerolib
 
-    engine = zerolib.initialize(make_model(), engine_config(case))
+    engine = zerolib.initialize(make_model(kind=case.model), engine_config(case))
     batches = make_batches(case, world_size)
     losses = []
     for step in range(case.steps):
@@ -76,20 +82,25 @@ def run_engine(case: Case, world_size: int, rank: int) -> dict:
             engine.backward(loss)
             engine.step()
             losses.append(loss.item())
-    return {"losses": losses, "weights": engine.full_state_dict(), "comm": engine.comm_stats(),
-            "memory": engine.memory_breakdown(), "skipped": engine.skipped_steps}
+    result = {"losses": losses, "weights": engine.full_state_dict(), "comm": engine.comm_stats(),
+              "memory": engine.memory_breakdown(), "skipped": engine.skipped_steps}
+    if engine.stage3 is not None:
+        result["trace_misses"] = engine.stage3.coordinator.trace_misses
+        result["peak_live_numel"] = engine.stage3.coordinator.peak_live_numel
+    return result
 
 
 def run_reference(case: Case, world_size: int) -> dict:
     """Plain PyTorch on one process over the same global batches; losses as [step][micro][rank]."""
-    master = make_model()
+    master = make_model(kind=case.model)
     work = copy.deepcopy(master).to(DTYPES[case.dtype])
-    optimizer = torch.optim.AdamW(master.parameters(), lr=case.lr, weight_decay=0.1, fused=True)
+    trainable = [p for p in master.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=case.lr, weight_decay=0.1, fused=True)
     scale = 2.0**8 if case.dtype == "fp16" else 1.0
     batches = make_batches(case, world_size)
     losses = torch.zeros(case.steps, case.gas, world_size)
     for step in range(case.steps):
-        grads = [torch.zeros_like(p) for p in master.parameters()]
+        grads = [torch.zeros_like(p) for p in trainable]
         for micro in range(case.gas):
             for rank in range(world_size):
                 tokens = batches[step, micro, rank]
@@ -97,12 +108,13 @@ def run_reference(case: Case, world_size: int) -> dict:
                 losses[step, micro, rank] = loss.item()
                 work.zero_grad(set_to_none=True)
                 (loss.float() * scale).backward()
-                for acc, p in zip(grads, work.parameters()):
-                    acc += p.grad.float() / (scale * case.gas * world_size)
-        for p, g in zip(master.parameters(), grads):
+                for acc, p in zip(grads, [p for p in work.parameters() if p.requires_grad]):
+                    if p.grad is not None:
+                        acc += p.grad.float() / (scale * case.gas * world_size)
+        for p, g in zip(trainable, grads):
             p.grad = g
         if case.clip:
-            torch.nn.utils.clip_grad_norm_(master.parameters(), case.clip)
+            torch.nn.utils.clip_grad_norm_(trainable, case.clip)
         optimizer.step()
         with torch.no_grad():
             for w, m in zip(work.parameters(), master.parameters()):
@@ -145,6 +157,6 @@ def assert_matches_reference(case: Case, world_size: int, ranks: list[dict]) -> 
         assert torch.allclose(got, want, rtol=tol["loss"], atol=tol["loss"]), (
             f"{case.name} rank {rank}: losses {got.tolist()} vs reference {want.tolist()}")
         assert result["skipped"] == 0, f"{case.name}: unexpected overflow-skipped steps"
-        initial = {n: p.detach() for n, p in make_model().named_parameters()}
+        initial = {n: p.detach() for n, p in make_model(kind=case.model).named_parameters()}
         err = update_error(result["weights"], reference["weights"], initial)
         assert err <= tol["update"], f"{case.name} rank {rank}: weight update error {err:.3g} > {tol['update']}"

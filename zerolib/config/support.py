@@ -24,8 +24,6 @@ def _checkpointing_in_use(cfg: ZeroConfig) -> bool:
 
 # One row per feature; delete the row when the feature lands.
 UNIMPLEMENTED: tuple[Unimplemented, ...] = (
-    Unimplemented("zero_optimization.stage", lambda c: c.zero_optimization.stage == 3,
-                  "stage 3 is not implemented yet in this version; use stage 0, 1 or 2"),
     Unimplemented("zero_optimization.offload_optimizer.device",
                   lambda c: c.zero_optimization.offload_optimizer.device != "none",
                   "optimizer offload is not implemented yet in this version; use \"none\""),
@@ -61,6 +59,22 @@ IGNORED: tuple[str, ...] = (
     "zero_optimization.legacy_stage1",
     "zero_optimization.memory_efficient_linear",
     "zero_optimization.round_robin_gradients",
+    # Always on: gradients live in contiguous flat buffers and are reduce-scattered.
+    "zero_optimization.contiguous_gradients",
+    "zero_optimization.reduce_scatter",
+    "zero_optimization.allgather_partitions",
+    # Unused parameters need no flag: buffers without gradients reduce zeros.
+    "zero_optimization.ignore_unused_parameters",
+    "zero_optimization.sub_group_size",
+    "zero_optimization.stage3_gather_16bit_weights_on_model_save",
+    "fp16.auto_cast",
+    "optimizer.params.torch_adam",
+    "dump_state",
+    "seed",
+    "zero_allow_untested_optimizer",
+    "zero_force_ds_cpu_optimizer",
+    "comms_logger",
+    "aio",
     "wandb",
     "flops_profiler",
 )

@@ -45,7 +45,7 @@ class ZeroEngine:
         cfg = self.config
         self.comm = CommContext.from_environment(cfg.comm.timeout_seconds, cfg.comm.node_size)
         self.logger = get_logger()
-        self.logger.info("resolved config:\n%s", cfg.resolved_summary())
+        self.logger.info("%s", cfg.resolved_summary())
         self.dtype = _param_dtype(cfg)
         self.module = model
         trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
