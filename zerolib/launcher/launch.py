@@ -122,11 +122,9 @@ def launch(opts) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``zerolib [launch]`` and ``python -m zerolib.launcher``; returns the exit status."""
     try:
-        opts = parse_launch_args(sys.argv[1:] if argv is None else argv)
+        return launch(parse_launch_args(sys.argv[1:] if argv is None else argv))
     except SystemExit as usage_exit:  # argparse already printed the usage error or the help
         return usage_exit.code if isinstance(usage_exit.code, int) else 2
-    try:
-        return launch(opts)
     except LaunchError as err:
         print(f"zerolib launcher: error: {err}", file=sys.stderr, flush=True)
         return 2
