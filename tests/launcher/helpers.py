@@ -28,8 +28,9 @@ def run_launcher(*args: str, **extra_env: str) -> subprocess.CompletedProcess:
 
 
 def start_launcher(*args: str, **extra_env: str) -> subprocess.Popen:
+    """Start the launcher with pipes for stdin (closing it is how ssh ends a session), stdout and stderr."""
     return subprocess.Popen(launcher_argv(*args), env=launcher_env(**extra_env), cwd=REPO, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def free_port() -> int:

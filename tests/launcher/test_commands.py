@@ -8,6 +8,7 @@ import pytest
 
 from zerolib import cli
 from zerolib.launcher import main
+from zerolib.launcher.options import build_parser
 
 SCRIPT_AND_ARGS = ["train.py", "--lr", "0.1", "two words"]
 
@@ -25,12 +26,13 @@ def _dry_run(capsys, *args: str) -> list[tuple[str, list[str]]]:
     return [(line.split(": ", 1)[0], shlex.split(line.split(": ", 1)[1])) for line in lines]
 
 
-def _agent_options(agent_argv: list[str]) -> dict[str, str]:
-    """The launcher options of a ``python -u -m zerolib.launcher ...`` agent command."""
+def _agent_options(agent_argv: list[str]) -> dict[str, object]:
+    """The options, other than defaults, that the agent parses from ``python -u -m zerolib.launcher ...``."""
     assert agent_argv[:4] == [sys.executable, "-u", "-m", "zerolib.launcher"]
-    assert agent_argv[-len(SCRIPT_AND_ARGS):] == SCRIPT_AND_ARGS
-    options = agent_argv[4:-len(SCRIPT_AND_ARGS)]
-    return dict(zip(options[::2], options[1::2]))
+    parser = build_parser()
+    parsed = vars(parser.parse_args(agent_argv[4:]))
+    assert [parsed.pop("user_script"), *parsed.pop("user_args")] == SCRIPT_AND_ARGS
+    return {name: value for name, value in parsed.items() if value != parser.get_default(name)}
 
 
 def _remote_agent(shell_line: str) -> list[str]:
@@ -49,17 +51,17 @@ def test_ssh_starts_one_agent_per_selected_host(tmp_path, capsys):
     for node, (host, (_, argv)) in enumerate(zip(["worker-0", "worker-2"], commands)):
         assert argv[:2] == ["ssh", host] and len(argv) == 3
         assert _agent_options(_remote_agent(argv[2])) == {
-            "--num_nodes": "2", "--node_devices": "0,1,2/0,1", "--node_rank": str(node),
-            "--master_addr": "worker-0", "--master_port": "4000"}
+            "num_nodes": 2, "node_devices": "0,1,2/0,1", "node_rank": node, "exit_on_stdin_eof": True,
+            "master_addr": "worker-0", "master_port": 4000}
 
 
 def test_pdsh_runs_one_command_with_node_rank_substitution(tmp_path, capsys):
     (label, argv), = _dry_run(capsys, "--hostfile", _hostfile(tmp_path), "--launcher", "pdsh", "--num_procs", "2",
                               "--master_addr", "10.0.0.1")
     assert label == "pdsh" and argv[:6] == ["pdsh", "-S", "-f", "1024", "-w", "worker-0,worker-1,worker-2"]
-    assert _agent_options(_remote_agent(argv[6])) == {
-        "--num_nodes": "3", "--node_devices": "0,1/0,1/0,1", "--node_rank": "%n",
-        "--master_addr": "10.0.0.1", "--master_port": "29500"}
+    assert "--node_rank %n" in argv[6]  # pdsh substitutes the node rank; the agent would refuse '%n' as is
+    assert _agent_options(_remote_agent(argv[6].replace("%n", "2"))) == {
+        "num_nodes": 3, "node_devices": "0,1/0,1/0,1", "node_rank": 2, "master_addr": "10.0.0.1"}
 
 
 def test_slurm_runs_srun_with_one_agent_task_per_node(tmp_path, capsys):
@@ -68,8 +70,8 @@ def test_slurm_runs_srun_with_one_agent_task_per_node(tmp_path, capsys):
     assert argv[:5] == ["srun", "--nodes=2", "--ntasks-per-node=1", "--kill-on-bad-exit=1",
                         "--nodelist=worker-1,worker-2"]
     assert _agent_options(argv[5:]) == {
-        "--num_nodes": "2", "--node_devices": "0,1,2,3/0,1", "--node_rank_from": "SLURM_NODEID",
-        "--master_addr": "worker-1", "--master_port": "29500", "--term_grace": "2.0"}
+        "num_nodes": 2, "node_devices": "0,1,2,3/0,1", "node_rank_from": "SLURM_NODEID",
+        "master_addr": "worker-1", "term_grace": 2.0}
 
 
 def test_module_flag_reaches_the_agents(tmp_path, capsys):

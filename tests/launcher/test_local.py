@@ -71,14 +71,20 @@ def test_busy_master_port_is_refused_before_spawning():
     assert "[rank0]" not in result.stdout
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_to_the_launcher_ends_all_ranks(tmp_path, signum):
-    launcher = start_launcher("--num_procs", "2", "--master_port", str(free_port()),
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM", "stdin closed"])
+def test_a_signal_or_the_end_of_the_ssh_session_ends_all_ranks(tmp_path, stop):
+    # Only the stdin case watches stdin: communicate() closes it, which must not race the signal.
+    watch_stdin = ["--exit_on_stdin_eof"] if stop == "stdin closed" else []
+    launcher = start_launcher("--num_procs", "2", "--master_port", str(free_port()), *watch_stdin,
                               str(SCRIPTS / "fail_or_sleep.py"), READY_DIR=str(tmp_path))
     try:
         ready = [launcher.stdout.readline() for _ in range(2)]
         assert all("ready rank" in line for line in ready), ready
-        launcher.send_signal(signum)
+        if stop == "stdin closed":  # what an agent started over ssh sees when the ssh client ends
+            signum = signal.SIGHUP  # communicate() below closes the launcher's stdin
+        else:
+            signum = signal.Signals[stop]
+            launcher.send_signal(signum)
         _, stderr = launcher.communicate(timeout=HANG_GUARD_SECONDS)
     finally:
         launcher.kill()

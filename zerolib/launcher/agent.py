@@ -32,6 +32,7 @@ class NodePlan:
     term_grace: float = 5.0
     heartbeat_timeout: float = 15.0
     join_timeout: float = 300.0
+    exit_on_stdin_eof: bool = False  # set for agents started over ssh: see SignalLatch.trip_on_stdin_eof
 
     @property
     def num_nodes(self) -> int:
@@ -152,6 +153,8 @@ def run_node(plan: NodePlan) -> int:
     if plan.node_rank == 0:
         check_port_free(plan.master_addr, plan.master_port, "--master_port")
     with SignalLatch() as latch:
+        if plan.exit_on_stdin_eof:
+            latch.trip_on_stdin_eof()
         server, client = _start_channel(plan)
         try:
             return _run_ranks(plan, latch, client)
@@ -193,13 +196,14 @@ def _run_ranks(plan: NodePlan, latch: SignalLatch, client: CoordinationClient | 
 
 def _stop_on_signal(plan: NodePlan, ranks: list[ChildProcess], signum: int,
                     client: CoordinationClient | None) -> int:
-    """Pass the signal on to the ranks (Python ranks see SIGINT as KeyboardInterrupt) and exit 128+signum.
+    """Pass SIGINT/SIGTERM on to the ranks (Python ranks see SIGINT as KeyboardInterrupt), end them
+    with SIGTERM on a hang-up, and exit 128+signum.
 
     The other agents are told, as for a failure, so that one Ctrl-C stops the whole job.
     """
     name = signal.Signals(signum).name
     _say(plan, f"received {name}; ending all ranks")
-    end_children(ranks, signum, plan.term_grace)
+    end_children(ranks, signum if signum in (signal.SIGINT, signal.SIGTERM) else signal.SIGTERM, plan.term_grace)
     if client:
         client.report_failure(None, f"its agent received {name}")
     return 128 + signum

@@ -30,7 +30,8 @@ def _node_plan(opts, node_rank: int, node_slots: list[list[int]], master_addr: s
         node_rank=node_rank, node_sizes=tuple(len(slots) for slots in node_slots), command=rank_command(opts),
         master_addr=master_addr, master_port=opts.master_port,
         coord_port=opts.coord_port or opts.master_port + 1, devices=_devices_or_none(node_slots[node_rank]),
-        term_grace=opts.term_grace, heartbeat_timeout=opts.heartbeat_timeout, join_timeout=opts.join_timeout)
+        term_grace=opts.term_grace, heartbeat_timeout=opts.heartbeat_timeout, join_timeout=opts.join_timeout,
+        exit_on_stdin_eof=opts.exit_on_stdin_eof)
 
 
 def _agent_node_rank(opts) -> int:

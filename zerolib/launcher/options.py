@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="read the node rank from this environment variable (e.g. SLURM_NODEID)")
     internal.add_argument("--node_devices", metavar="SLOTS/SLOTS",
                           help="device slots of each node in node order, e.g. '0,1/0,1,2'")
+    internal.add_argument("--exit_on_stdin_eof", action="store_true",
+                          help="end the job when stdin closes (how an agent notices its ssh session ended)")
     parser.add_argument("user_script", help="the training script (or module with --module)")
     parser.add_argument("user_args", nargs=argparse.REMAINDER, help="arguments passed on to the script")
     return parser

@@ -59,16 +59,19 @@ class ChildProcess:
 
     ``label`` names the child in messages (``rank 3``); ``prefix`` starts each forwarded line
     (``[rank3] ``). The last STDERR_TAIL_LINES stderr lines are kept in ``stderr_tail``.
+    ``stdin_pipe`` gives the child a stdin that stays open until the launcher ends (for ssh,
+    whose remote agent takes the end of stdin as the end of the job); otherwise it is /dev/null.
     """
 
-    def __init__(self, label: str, prefix: str, argv: list[str], env: dict[str, str], output_lock: threading.Lock):
+    def __init__(self, label: str, prefix: str, argv: list[str], env: dict[str, str], output_lock: threading.Lock,
+                 stdin_pipe: bool = False):
         self.label = label
         self.prefix = prefix
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
         self._output_lock = output_lock
         try:
             self.popen = subprocess.Popen(
-                argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                argv, env=env, stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 start_new_session=True, preexec_fn=_parent_death_hook(),
             )
         except OSError as err:

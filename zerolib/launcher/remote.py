@@ -55,8 +55,8 @@ def _remote_shell_line(argv: list[str]) -> str:
 def node_commands(opts, hosts: list[str], node_slots: list[list[int]], master_addr: str) -> list[tuple[str, list[str]]]:
     """``(label, argv)`` of each process to start here: one per node for ssh, one in all otherwise."""
     if opts.launcher == "ssh":
-        return [(f"node {rank} ({host})", ["ssh", host, _remote_shell_line(agent_argv(opts, node_slots, master_addr,
-                                                                   ["--node_rank", str(rank)]))])
+        return [(f"node {rank} ({host})", ["ssh", host, _remote_shell_line(agent_argv(
+            opts, node_slots, master_addr, ["--node_rank", str(rank), "--exit_on_stdin_eof"]))])
                 for rank, host in enumerate(hosts)]
     if opts.launcher == "pdsh":
         # pdsh replaces %n with each host's index in the -w list, which is its node rank.
@@ -80,8 +80,8 @@ def run_remote(commands: list[tuple[str, list[str]]], term_grace: float, settle_
     env = {**os.environ, "PDSH_RCMD_TYPE": os.environ.get("PDSH_RCMD_TYPE", "ssh")}
     output_lock = threading.Lock()
     with SignalLatch() as latch:
-        children = [ChildProcess(label, f"[{label}] " if len(commands) > 1 else "", argv, env, output_lock)
-                    for label, argv in commands]
+        children = [ChildProcess(label, f"[{label}] " if len(commands) > 1 else "", argv, env, output_lock,
+                                 stdin_pipe=argv[0] == "ssh") for label, argv in commands]
         outcome = supervise(children, latch)
         if outcome.kind is OutcomeKind.SUCCEEDED:
             return 0

@@ -2,6 +2,7 @@
 import dataclasses
 import enum
 import signal
+import sys
 import threading
 import time
 from typing import Callable
@@ -15,7 +16,7 @@ POLL_SECONDS = 0.1
 class OutcomeKind(enum.Enum):
     SUCCEEDED = "succeeded"  # every child exited with 0
     CHILD_FAILED = "child failed"  # a child exited non-zero or was killed by a signal
-    SIGNALLED = "signalled"  # the launcher received SIGINT or SIGTERM
+    SIGNALLED = "signalled"  # the launcher received SIGINT, SIGTERM or SIGHUP (or lost its ssh session)
     PEER_FAILED = "peer failed"  # another node's agent reported a failure
 
 
@@ -28,20 +29,38 @@ class Outcome:
 
 
 class SignalLatch:
-    """Records SIGINT/SIGTERM instead of dying on them, so the launcher can end its ranks first.
+    """Records SIGINT/SIGTERM/SIGHUP instead of dying on them, so the launcher can end its ranks first.
 
     Used as a context manager; the previous handlers come back on exit. Outside the main thread
-    Python cannot install handlers, and the latch then stays inert.
+    Python cannot install handlers, and the latch then only records ``trip`` calls.
     """
 
-    def __init__(self, signums=(signal.SIGINT, signal.SIGTERM)):
+    def __init__(self, signums=(signal.SIGINT, signal.SIGTERM, signal.SIGHUP)):
         self.signums = signums
         self.received: int | None = None
         self._previous: dict[int, object] = {}
 
     def _record(self, signum, _frame):
+        self.trip(signum)
+
+    def trip(self, signum: int) -> None:
+        """Act as if ``signum`` had arrived (the first one wins)."""
         if self.received is None:
             self.received = signum
+
+    def trip_on_stdin_eof(self) -> None:
+        """Trip with SIGHUP once stdin ends: an agent started over ssh reads the end of its session.
+
+        Ending the ssh client (Ctrl-C on the launching machine) closes the remote stdin but
+        signals no remote process, since ssh without a terminal forwards no signals.
+        """
+        def watch():
+            stdin = sys.stdin.buffer
+            while stdin.read(4096):
+                pass
+            self.trip(signal.SIGHUP)
+
+        threading.Thread(target=watch, daemon=True, name="stdin watcher").start()
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
