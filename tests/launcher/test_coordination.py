@@ -17,7 +17,7 @@ def channel():
     clients = []
 
     def connect(node: int) -> CoordinationClient:
-        client = CoordinationClient("127.0.0.1", port, node, connect_timeout=5.0, heartbeat_timeout=5.0)
+        client = CoordinationClient.connect("127.0.0.1", port, node, timeout=5.0, io_timeout=5.0)
         clients.append(client)
         return client
 

@@ -44,6 +44,12 @@ def test_module_and_no_python_modes():
     assert rank_lines(executable.stdout, 0) == ["plain words"]
 
 
+def test_a_missing_executable_is_named():
+    result = run_launcher("--master_port", str(free_port()), "--no_python", "/nonexistent/trainer")
+    assert result.returncode == 2
+    assert "cannot start rank 0 (/nonexistent/trainer): No such file or directory" in result.stderr
+
+
 @pytest.mark.parametrize("mode, expected_status, expected_text", [
     ("raise", 1, ["rank 1", "exit code 1", "ValueError: deliberate failure of rank 1"]),
     ("sigkill", 128 + 9, ["rank 1", "killed by signal SIGKILL (9)"]),

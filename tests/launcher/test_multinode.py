@@ -70,3 +70,28 @@ def test_a_killed_agent_is_noticed_and_its_ranks_die_with_it(tmp_path):
 def _kill_if_running(pid: int | None) -> None:
     if pid is not None and is_running(pid):
         os.kill(pid, signal.SIGKILL)
+
+
+def test_node_0_keeps_the_channel_up_while_slower_nodes_finish():
+    # Node 1's ranks outlive node 0's by more than the heartbeat timeout: node 0 must wait for
+    # them rather than close the channel, which node 1 would take for node 0's death.
+    slow_on_node_1 = 'if [ "$NODE_RANK" = 1 ]; then sleep 2.5; fi; echo "done $RANK"'
+    agents = [start_launcher("--num_nodes", "2", "--num_procs", "2", "--node_rank", str(node), "--master_port",
+                             str(port), "--heartbeat_timeout", "1", "--no_python", "sh", "-c", slow_on_node_1)
+              for port in [free_port()] for node in range(2)]
+    (status0, out0, err0), (status1, out1, err1) = _finish(agents)
+    assert (status0, status1) == (0, 0), err0 + err1
+    assert "waiting for the other nodes" in err0
+    assert [rank_lines(out1, rank) for rank in (2, 3)] == [["done 2"], ["done 3"]]
+
+
+def test_ctrl_c_while_waiting_for_the_other_agents():
+    agent = start_launcher("--num_nodes", "2", "--node_rank", "1", "--master_port", str(free_port()),
+                           str(SCRIPTS / "report_env.py"))
+    try:
+        assert "waiting for all 2 agents" in agent.stderr.readline()
+        agent.send_signal(signal.SIGINT)  # node 0 never starts: the agent is still connecting
+        _, err = agent.communicate(timeout=HANG_GUARD_SECONDS)
+    finally:
+        agent.kill()
+    assert agent.returncode == 130, err

@@ -131,16 +131,23 @@ def _report_rank_failure(plan: NodePlan, child: ChildProcess) -> None:
         _say(plan, f"last stderr lines of {child.label}:\n" + "\n".join(f"  {line}" for line in child.stderr_tail))
 
 
-def _start_channel(plan: NodePlan) -> tuple[CoordinationServer | None, CoordinationClient | None]:
+def _start_channel(plan: NodePlan, latch: SignalLatch) -> tuple[CoordinationServer | None, CoordinationClient | None]:
+    """Host (on node 0) and join the coordination channel; the client is None if interrupted."""
     if plan.num_nodes == 1:
         return None, None
     server = None
     if plan.node_rank == 0:
         server = CoordinationServer(plan.master_addr, plan.coord_port, plan.num_nodes, plan.heartbeat_timeout)
+
+    def interrupted() -> bool:  # a Ctrl-C must not have to wait for the other agents to join
+        return latch.received is not None
+
+    _say(plan, f"waiting for all {plan.num_nodes} agents at {plan.master_addr}:{plan.coord_port}")
     try:
-        client = CoordinationClient(plan.master_addr, plan.coord_port, plan.node_rank,
-                                    plan.join_timeout, plan.heartbeat_timeout)
-        client.join(plan.num_nodes, plan.join_timeout)
+        client = CoordinationClient.connect(plan.master_addr, plan.coord_port, plan.node_rank,
+                                            plan.join_timeout, plan.heartbeat_timeout, interrupted)
+        if client is not None:
+            client.join(plan.num_nodes, plan.join_timeout, interrupted)
     except BaseException:
         if server is not None:
             server.close()
@@ -155,15 +162,28 @@ def run_node(plan: NodePlan) -> int:
     with SignalLatch() as latch:
         if plan.exit_on_stdin_eof:
             latch.trip_on_stdin_eof()
-        server, client = _start_channel(plan)
+        server, client = _start_channel(plan, latch)
+        status = None
         try:
-            return _run_ranks(plan, latch, client)
+            status = _run_ranks(plan, latch, client)
+            return status
         finally:
             if client is not None:
                 client.close()
             if server is not None:
-                server.wait_until_finished(plan.heartbeat_timeout)
-                server.close()
+                _serve_until_others_finish(plan, server, succeeded=status == 0)
+
+
+def _serve_until_others_finish(plan: NodePlan, server: CoordinationServer, succeeded: bool) -> None:
+    """Keep node 0's channel up until every agent finished, so none mistakes its end for a failure.
+
+    After a success this waits as long as the others run (a dead agent is still noticed by the
+    heartbeat watchdog); after a failure or signal only long enough for them to stop.
+    """
+    if succeeded and not server.job.all_finished():
+        _say(plan, "this node's ranks finished; waiting for the other nodes")
+    server.wait_until_finished(None if succeeded else plan.heartbeat_timeout + plan.term_grace)
+    server.close()
 
 
 def _run_ranks(plan: NodePlan, latch: SignalLatch, client: CoordinationClient | None) -> int:

@@ -19,6 +19,7 @@ import socket
 import socketserver
 import threading
 import time
+from typing import Callable
 
 from zerolib.launcher.errors import LaunchError
 
@@ -124,9 +125,9 @@ class CoordinationServer:
         while not self._stopped.wait(HEARTBEAT_SECONDS):
             self.job.check_heartbeats()
 
-    def wait_until_finished(self, timeout: float) -> None:
-        """Keep serving until every agent finished (or was lost), so none loses the channel early."""
-        deadline = time.monotonic() + timeout
+    def wait_until_finished(self, timeout: float | None) -> None:
+        """Keep serving until every agent finished or was lost, or for at most ``timeout`` s."""
+        deadline = float("inf") if timeout is None else time.monotonic() + timeout
         while not self.job.all_finished() and time.monotonic() < deadline:
             time.sleep(0.05)
 
@@ -155,16 +156,38 @@ def _bind_server(host: str, port: int, job: _JobState) -> _Server:
     return server
 
 
-class CoordinationClient:
-    """One agent's connection to the node-0 agent's server."""
+def _never() -> bool:
+    return False
 
-    def __init__(self, host: str, port: int, node_rank: int, connect_timeout: float, heartbeat_timeout: float):
+
+class CoordinationClient:
+    """One agent's connection to the node-0 agent's server; make it with ``connect``."""
+
+    def __init__(self, sock: socket.socket, address: str, node_rank: int):
         self.node_rank = node_rank
-        self.address = f"{host}:{port}"
-        self._heartbeat_timeout = heartbeat_timeout
+        self.address = address
         self._last_poll = 0.0
-        self._sock = _connect_with_retries(host, port, connect_timeout, heartbeat_timeout)
-        self._stream = self._sock.makefile("rwb")
+        self._sock = sock
+        self._stream = sock.makefile("rwb")
+
+    @classmethod
+    def connect(cls, host: str, port: int, node_rank: int, timeout: float, io_timeout: float,
+                interrupted: Callable[[], bool] = _never) -> "CoordinationClient | None":
+        """Connect, retrying for ``timeout`` s while the node-0 agent is not listening yet.
+
+        Returns None as soon as ``interrupted()`` is true (a Ctrl-C while waiting).
+        """
+        deadline = time.monotonic() + timeout
+        while not interrupted():
+            try:
+                return cls(socket.create_connection((host, port), timeout=io_timeout), f"{host}:{port}", node_rank)
+            except OSError as err:
+                if time.monotonic() > deadline:
+                    raise LaunchError(f"cannot reach the node-0 agent's coordination channel at {host}:{port} "
+                                      f"within {timeout:g} s ({err.strerror or err}); is the node-0 agent "
+                                      f"running?") from err
+                time.sleep(0.2)
+        return None
 
     def _request(self, op: str, **fields) -> dict:
         self._stream.write(json.dumps({"op": op, "node": self.node_rank, **fields}).encode() + b"\n")
@@ -177,11 +200,16 @@ class CoordinationClient:
             raise LaunchError(f"coordination server at {self.address}: {reply['error']}")
         return reply
 
-    def join(self, num_nodes: int, timeout: float) -> None:
-        """Announce this node and wait until all ``num_nodes`` agents have joined."""
+    def join(self, num_nodes: int, timeout: float, interrupted: Callable[[], bool] = _never) -> bool:
+        """Announce this node and wait until all ``num_nodes`` agents have joined.
+
+        Returns False, without waiting further, as soon as ``interrupted()`` is true.
+        """
         deadline = time.monotonic() + timeout
         reply = self._request("join")
         while reply["joined"] < num_nodes and reply["failure"] is None:
+            if interrupted():
+                return False
             if time.monotonic() > deadline:
                 raise LaunchError(f"only {reply['joined']} of {num_nodes} agents joined at {self.address} "
                                   f"within {timeout:g} s; start one agent per node with --node_rank 0..{num_nodes - 1}")
@@ -189,6 +217,7 @@ class CoordinationClient:
             reply = self._request("poll")
         if reply["failure"] is not None:
             raise LaunchError(f"the job failed before it started: {format_failure(reply['failure'])}")
+        return True
 
     def poll_failure(self) -> dict | None:
         """The job's first failure, or None; sends a heartbeat at most every HEARTBEAT_SECONDS.
@@ -221,20 +250,6 @@ class CoordinationClient:
     def close(self) -> None:
         self._stream.close()
         self._sock.close()
-
-
-def _connect_with_retries(host: str, port: int, timeout: float, io_timeout: float) -> socket.socket:
-    """Connect, retrying while the node-0 agent has not started listening yet."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            sock = socket.create_connection((host, port), timeout=io_timeout)
-            return sock
-        except OSError as err:
-            if time.monotonic() > deadline:
-                raise LaunchError(f"cannot reach the node-0 agent's coordination channel at {host}:{port} "
-                                  f"within {timeout:g} s ({err.strerror or err}); is the node-0 agent running?") from err
-            time.sleep(0.2)
 
 
 def format_failure(failure: dict) -> str:
