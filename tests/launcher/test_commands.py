@@ -80,6 +80,14 @@ def test_module_flag_reaches_the_agents(tmp_path, capsys):
     assert "--module" in argv and argv.index("--module") < argv.index("train.py")
 
 
+def test_include_without_hostfile_selects_local_slots(capsys):
+    commands = _dry_run(capsys, "--include", "localhost:1,3")
+    assert [label for label, _ in commands] == ["rank 0", "rank 1"]
+    assert all("CUDA_VISIBLE_DEVICES=1,3" in argv and "WORLD_SIZE=2" in argv for _, argv in commands)
+    assert main(["--exclude", "localhost:0", "--dry_run", "train.py"]) == 2  # the one local slot
+    assert "--exclude 'localhost:0' leaves no slot to launch on" in capsys.readouterr().err
+
+
 def test_agent_reads_its_node_rank_from_the_environment(capsys, monkeypatch):
     monkeypatch.setenv("SLURM_NODEID", "1")
     commands = _dry_run(capsys, "--node_rank_from", "SLURM_NODEID", "--node_devices", "0,1/2,3",

@@ -7,7 +7,7 @@ import sys
 
 from zerolib.launcher.agent import NodePlan, dry_run_lines, run_node
 from zerolib.launcher.errors import LaunchError
-from zerolib.launcher.hostfile import Resources, apply_filters, limit_resources, parse_hostfile
+from zerolib.launcher.hostfile import Resources, apply_filters, limit_resources, parse_filter, parse_hostfile
 from zerolib.launcher.options import DEFAULT_MASTER_ADDR, parse_launch_args, parse_node_devices
 from zerolib.launcher.remote import node_commands, run_remote
 
@@ -62,6 +62,14 @@ def _is_this_machine(host: str) -> bool:
     return host in ("localhost", "127.0.0.1", "::1", socket.gethostname(), socket.getfqdn())
 
 
+def _slots_named(include: str | None) -> int:
+    """Local slot count implied by ``--include localhost:1,3`` without --num_procs (4: slots 0..3)."""
+    if not include:
+        return 1
+    named = [slot for slots in parse_filter(include, "--include").values() for slot in slots or []]
+    return max(named, default=0) + 1
+
+
 def _resources(opts) -> Resources | None:
     """Hosts and slots from the hostfile and filters, or None when neither was given."""
     if not (opts.hostfile or opts.include or opts.exclude):
@@ -69,7 +77,7 @@ def _resources(opts) -> Resources | None:
     if opts.hostfile:
         resources = parse_hostfile(opts.hostfile)
     else:  # DeepSpeed filters the local slots when there is no hostfile
-        resources = {"localhost": list(range(opts.num_procs or 1))}
+        resources = {"localhost": list(range(opts.num_procs or _slots_named(opts.include)))}
     resources = apply_filters(resources, opts.include, opts.exclude)
     num_procs = opts.num_procs if opts.hostfile else None
     return limit_resources(resources, opts.num_nodes, num_procs)

@@ -19,7 +19,7 @@ from zerolib.launcher.supervise import OutcomeKind, SignalLatch, supervise
 
 # Variables a remote shell would not otherwise have that change how training runs; the rest of
 # the environment stays the remote node's own.
-FORWARDED_ENV_PREFIXES = ("PYTHON", "NCCL_", "GLOO_", "CUDA_", "TORCH_", "ZEROLIB_", "OMP_", "MKL_", "HF_")
+FORWARDED_ENV_PREFIXES = ("PYTHON", "NCCL_", "GLOO_", "UCX_", "CUDA_", "TORCH_", "ZEROLIB_", "OMP_", "MKL_", "HF_")
 # Options passed to the agents only when they differ from the defaults, to keep commands short.
 _TUNING_OPTIONS = ("coord_port", "term_grace", "heartbeat_timeout", "join_timeout")
 
