@@ -66,6 +66,15 @@ def test_a_failing_rank_ends_the_others_and_is_named(tmp_path, mode, expected_st
     assert [pid for pid in pids if is_running(pid)] == []
 
 
+def test_ranks_ignoring_sigterm_are_killed_after_the_grace_period(tmp_path):
+    result = run_launcher("--num_procs", "2", "--master_port", str(free_port()), "--term_grace", "0.5",
+                          str(SCRIPTS / "fail_or_sleep.py"), READY_DIR=str(tmp_path), FAIL_RANK="1",
+                          IGNORE_SIGTERM="1")
+    assert result.returncode == 1, result.stderr
+    pids = ready_pids(tmp_path)
+    assert len(pids) == 2 and [pid for pid in pids if is_running(pid)] == []
+
+
 def test_busy_master_port_is_refused_before_spawning():
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))

@@ -1,5 +1,7 @@
 """A rank that either fails (FAIL_RANK, FAIL_MODE=raise|sigkill) or sleeps, with a grandchild.
 
+With IGNORE_SIGTERM=1 the sleeping ranks ignore SIGTERM, so only the launcher's SIGKILL ends them.
+
 Sleeping ranks write READY_DIR/rank<r> with their pid and their grandchild's pid; the failing
 rank waits for all of those files first, so the test knows every pid it must see ended.
 """
@@ -24,6 +26,8 @@ if str(rank) == fail_rank:
         os.kill(os.getpid(), signal.SIGKILL)
     raise ValueError(f"deliberate failure of rank {rank}")
 
+if os.environ.get("IGNORE_SIGTERM") == "1":
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 grandchild = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
 path = os.path.join(ready_dir, f"rank{rank}")
 with open(path + ".tmp", "w") as handle:
