@@ -90,11 +90,11 @@ def _run_or_print_node(opts, plan: NodePlan) -> int:
     return run_node(plan)
 
 
-def _run_or_print_remote(opts, hosts: list[str], node_slots: list[list[int]]) -> int:
+def _run_or_print_remote(opts, launcher: str, hosts: list[str], node_slots: list[list[int]]) -> int:
     master_addr = opts.master_addr or (hosts[0] if hosts else None)
     if master_addr is None:
         raise LaunchError("--launcher slurm without --hostfile needs --master_addr (the first node's address)")
-    commands = node_commands(opts, hosts, node_slots, master_addr)
+    commands = node_commands(opts, launcher, hosts, node_slots, master_addr)
     if opts.dry_run:
         for label, argv in commands:
             print(f"{label}: {shlex.join(argv)}")
@@ -110,7 +110,7 @@ def launch(opts) -> int:
     if resources is None:
         if opts.launcher == "slurm":
             num_nodes = opts.num_nodes or 1
-            return _run_or_print_remote(opts, [], [list(range(opts.num_procs or 1))] * num_nodes)
+            return _run_or_print_remote(opts, "slurm", [], [list(range(opts.num_procs or 1))] * num_nodes)
         if opts.launcher in ("ssh", "pdsh"):
             raise LaunchError(f"--launcher {opts.launcher} needs --hostfile to know the hosts")
         if (opts.num_nodes or 1) > 1:
@@ -123,9 +123,7 @@ def launch(opts) -> int:
     if opts.launcher == "local":
         raise LaunchError(f"--launcher local runs this machine only, but the hosts are {hosts}; "
                           f"use ssh/pdsh/slurm, or start one agent per node with --node_rank")
-    if opts.launcher is None:
-        opts.launcher = "ssh"
-    return _run_or_print_remote(opts, hosts, node_slots)
+    return _run_or_print_remote(opts, opts.launcher or "ssh", hosts, node_slots)
 
 
 def main(argv: list[str] | None = None) -> int:

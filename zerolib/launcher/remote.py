@@ -52,13 +52,17 @@ def _remote_shell_line(argv: list[str]) -> str:
     return " ".join(part for part in parts if part)
 
 
-def node_commands(opts, hosts: list[str], node_slots: list[list[int]], master_addr: str) -> list[tuple[str, list[str]]]:
-    """``(label, argv)`` of each process to start here: one per node for ssh, one in all otherwise."""
-    if opts.launcher == "ssh":
+def node_commands(opts, launcher: str, hosts: list[str], node_slots: list[list[int]],
+                  master_addr: str) -> list[tuple[str, list[str]]]:
+    """``(label, argv)`` of each process to start here: one per node for ssh, one in all otherwise.
+
+    ``launcher`` is ssh, pdsh or slurm; ``hosts`` may be empty for slurm (srun picks the nodes).
+    """
+    if launcher == "ssh":
         return [(f"node {rank} ({host})", ["ssh", host, _remote_shell_line(agent_argv(
             opts, node_slots, master_addr, ["--node_rank", str(rank), "--exit_on_stdin_eof"]))])
                 for rank, host in enumerate(hosts)]
-    if opts.launcher == "pdsh":
+    if launcher == "pdsh":
         # pdsh replaces %n with each host's index in the -w list, which is its node rank.
         line = _remote_shell_line(agent_argv(opts, node_slots, master_addr, ["--node_rank", "%n"]))
         return [("pdsh", ["pdsh", "-S", "-f", "1024", "-w", ",".join(hosts), line])]
