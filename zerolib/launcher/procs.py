@@ -71,7 +71,8 @@ class ChildProcess:
         self._output_lock = output_lock
         try:
             self.popen = subprocess.Popen(
-                argv, env=env, stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                argv, env=env, stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 start_new_session=True, preexec_fn=_parent_death_hook(),
             )
         except OSError as err:

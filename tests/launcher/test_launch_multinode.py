@@ -3,7 +3,7 @@ import os
 import re
 import signal
 
-from helpers import HANG_GUARD_SECONDS, SCRIPTS, free_port, is_running, rank_lines, ready_pids, start_launcher
+from launch_helpers import HANG_GUARD_SECONDS, SCRIPTS, free_port, is_running, rank_lines, ready_pids, start_launcher
 
 
 def _start_agents(port: int, script: str, *extra: str, **env: str):

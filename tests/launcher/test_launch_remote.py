@@ -1,7 +1,7 @@
 """The runner behind ssh/pdsh/slurm, driven with local stand-ins for the remote commands."""
 import signal
 
-from helpers import is_running
+from launch_helpers import is_running
 from zerolib.launcher.remote import run_remote
 
 

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from helpers import free_port
+from launch_helpers import free_port
 from zerolib.launcher import LaunchError
 from zerolib.launcher.coordination import CoordinationClient, CoordinationServer, format_failure
 

@@ -5,7 +5,7 @@ import socket
 
 import pytest
 
-from helpers import (HANG_GUARD_SECONDS, SCRIPTS, free_port, is_running, rank_lines, ready_pids, run_launcher,
+from launch_helpers import (HANG_GUARD_SECONDS, SCRIPTS, free_port, is_running, rank_lines, ready_pids, run_launcher,
                      start_launcher)
 
 
