@@ -82,6 +82,10 @@ class PartitionedParams:
         if pending is not None:
             pending.wait()
 
+    def full_buffer(self, index: int) -> torch.Tensor:
+        """The whole buffer ``index``; it must be gathered (or replicated)."""
+        return self.full[index]
+
     def release(self, index: int) -> None:
         """Frees the full copy of a partitioned buffer (replicated buffers stay)."""
         if index in self.replicated:

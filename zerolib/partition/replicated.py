@@ -28,6 +28,19 @@ class ReplicatedParams:
         for buffer in self.buffers:  # every rank starts from rank 0's values
             comm.broadcast(buffer, 0)
 
+    # Always whole: the gather/release protocol of stage 3 is trivially satisfied.
+    def is_available(self, index: int) -> bool:
+        return True
+
+    def wait_gather(self, index: int) -> None:
+        pass
+
+    def release(self, index: int) -> None:
+        pass
+
+    def full_buffer(self, index: int) -> torch.Tensor:
+        return self.buffers[index]
+
     def shard_view(self, buffer_index: int, shard: int) -> torch.Tensor:
         lo, hi = self.layout.buffers[buffer_index].shard_range(shard)
         return self.buffers[buffer_index][lo:hi]

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 
 import torch
 
 from zerolib.comm import CommContext
 from zerolib.config import ZeroConfig, load_config
+from zerolib.partition.materialize import MetaMaterializer, check_no_meta_buffers, is_on_meta
 from zerolib.runtime.lr_schedules import build_schedule
 from zerolib.runtime.optim_factory import build_optimizer
 from zerolib.utils.logging import get_logger
@@ -51,12 +53,14 @@ class ZeroEngine:
         trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
         if not trainable:
             raise ValueError("the model has no parameter with requires_grad=True: nothing to train")
-        fp32_values = {name: p.detach().float().clone() for name, p in trainable.items()}
-        model.to(device=self.comm.device, dtype=self.dtype)
-        self._broadcast_frozen_state()
+        self.materializer = self._meta_materializer(model)
+        fp32_values = None if self.materializer else {n: p.detach().float().clone() for n, p in trainable.items()}
+        # A meta-device model cannot be moved; the materializer creates its tensors on the device.
+        model.to(dtype=self.dtype) if self.materializer else model.to(device=self.comm.device, dtype=self.dtype)
         self.loss_scaler = scaler_from_config(cfg.fp16)
         self.stage3: Stage3Plan | None = None
         self.optimizer = self._build_zero_optimizer(trainable, fp32_values) if cfg.optimizer else None
+        self._broadcast_unpartitioned_state()
         self.lr_scheduler = build_schedule(cfg.scheduler, self.optimizer.optimizer) if self.optimizer else None
         self.timers = StepTimers()
         self.global_steps = 0
@@ -64,6 +68,16 @@ class ZeroEngine:
         self.skipped_steps = 0
         self.last_step: StepReport | None = None
         self._last_loss: torch.Tensor | None = None
+
+    def _meta_materializer(self, model: torch.nn.Module) -> MetaMaterializer | None:
+        """A model built under ``partitioned_init`` is filled buffer by buffer (stage 3 only)."""
+        if not is_on_meta(model):
+            return None
+        if self.config.zero_optimization.stage != 3 or self.config.optimizer is None:
+            raise ValueError("a model built under zerolib.partitioned_init needs zero_optimization.stage 3 "
+                             "and an optimizer block: other stages hold every parameter whole")
+        check_no_meta_buffers(model)
+        return MetaMaterializer(model, self.dtype, self.comm.device)
 
     def _build_zero_optimizer(self, trainable, fp32_values) -> ZeroOptimizer:
         cfg, zero = self.config, self.config.zero_optimization
@@ -83,7 +97,9 @@ class ZeroEngine:
         if zero.stage < 3:
             return ZeroOptimizer(trainable, self.comm, settings, make_optimizer=make_optimizer,
                                  fp32_values=fp32_values, loss_scaler=self.loss_scaler)
-        self.stage3 = plan = plan_stage3(self.module, self.comm, settings, self.dtype)
+        self.stage3 = plan = plan_stage3(self.module, self.comm, settings, self.dtype, fill=self.materializer)
+        if self.materializer is not None:
+            self.materializer.materialize_remaining()
         self._register_state_dict_hooks()
         return ZeroOptimizer({n: trainable[n] for n in plan.layout.slots}, self.comm, settings,
                              make_optimizer=make_optimizer, fp32_values=fp32_values, loss_scaler=self.loss_scaler,
@@ -96,11 +112,11 @@ class ZeroEngine:
         self.module.register_state_dict_pre_hook(lambda *args, **kwargs: coordinator.gather_all())
         self.module.register_state_dict_post_hook(lambda *args, **kwargs: coordinator.release_all())
 
-    def _broadcast_frozen_state(self) -> None:
-        """Frozen parameters and buffers start equal on every rank, as trainable ones do."""
+    def _broadcast_unpartitioned_state(self) -> None:
+        """Whole frozen parameters and buffers start equal on every rank, as trainable ones do."""
         with torch.no_grad():
             for p in self.module.parameters():
-                if not p.requires_grad:
+                if not p.requires_grad and p.numel() > 0:
                     self.comm.broadcast(p.data, 0)
             for b in self.module.buffers():
                 self.comm.broadcast(b, 0)
@@ -187,6 +203,38 @@ class ZeroEngine:
         if self.stage3 is not None and missing:
             self.stage3.coordinator.release_all()
         return result
+
+    @contextmanager
+    def gathered_parameters(self, params, modifier_rank: int | None = None):
+        """Full ``params`` inside the block; ``modifier_rank``'s edits are kept (see GatheredParameters)."""
+        wanted = {id(p) for p in ([params] if isinstance(params, torch.Tensor) else params)}
+        stores = [(self.optimizer.store, True)]
+        if self.stage3 is not None and self.stage3.frozen_store is not None:
+            stores.append((self.stage3.frozen_store, False))
+        touched = []
+        for store, trainable in stores:
+            for spec in store.layout.buffers:
+                if any(id(store.params[slot.name]) in wanted for slot in spec.slots):
+                    touched.append((store, spec.index, store.is_available(spec.index), trainable))
+                    store.wait_gather(spec.index)
+        try:
+            yield
+        finally:
+            for store, index, was_available, trainable in touched:
+                if modifier_rank is not None:
+                    self._adopt_edits(store, index, modifier_rank, trainable)
+                if not was_available:
+                    store.release(index)
+
+    def _adopt_edits(self, store, index: int, modifier_rank: int, trainable: bool) -> None:
+        full = store.full_buffer(index)
+        self.comm.broadcast(full, modifier_rank)
+        lo, hi = store.layout.buffers[index].shard_range(self.optimizer.shard)
+        shard = store.shard_view(index, self.optimizer.shard)
+        if shard.data_ptr() != full[lo:hi].data_ptr():
+            shard.copy_(full[lo:hi])
+        if trainable:
+            self.optimizer.refresh_master(index)
 
     def comm_stats(self) -> dict[str, dict[str, float]]:
         """``{kind: {"calls", "bytes", "inter_bytes", "seconds"}}`` since :meth:`reset_comm_stats`."""

@@ -147,6 +147,12 @@ class ZeroOptimizer:
                     self.store.shard_view(spec.index, self.shard).copy_(master)
         self.store.publish(self.shard)
 
+    def refresh_master(self, index: int) -> None:
+        """Re-reads buffer ``index``'s master slice from the (edited) working parameters."""
+        if self.param_dtype != torch.float32:
+            with torch.no_grad():
+                self.master[index].copy_(self.store.shard_view(index, self.shard))
+
     # -- inspection -------------------------------------------------------------------------
     def full_master_weights(self) -> dict[str, torch.Tensor]:
         """Every parameter's full fp32 master value, assembled on every rank."""
