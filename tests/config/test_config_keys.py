@@ -48,7 +48,7 @@ FULL = {
     "flops_profiler": {"enabled": True, "recompute_fwd_factor": 1.0, "profile_step": 5,
                        "module_depth": 2, "top_modules": 3, "detailed": False,
                        "output_file": "flops.txt"},
-    "comm": {"timeout_seconds": 30, "node_size": 2},
+    "comm": {"timeout_seconds": 30, "node_size": 2, "verify_module_order": False},
 }
 
 OPTIMIZERS = [

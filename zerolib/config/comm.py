@@ -22,3 +22,7 @@ class CommConfig(StrictModel):
         None, "Ranks per node group (hpZ, qgZ); set it to simulate several nodes on one machine. "
               "Unset: LOCAL_WORLD_SIZE if it divides the world size, else the world size; "
               "load_config fills in the value. Must divide the world size.", ge=1)
+    verify_module_order: bool = described(
+        True, "ZeRO-3: before each gather, check that every rank is gathering the same module, so "
+              "ranks that took different forward paths fail naming the rank and the module instead "
+              "of hanging or mixing shards. Costs one 16-byte all-gather per gathered module.")

@@ -24,7 +24,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from zerolib.comm import CommContext
 from zerolib.partition.partitioned import PartitionedParams
+
+
+class RankDivergenceError(RuntimeError):
+    """Ranks ran different modules under ZeRO-3 (their gathers would not match)."""
 
 
 class Phase(enum.Enum):
@@ -107,8 +112,9 @@ class GatherPolicy:
 class ParamCoordinator:
     """Gathers, prefetches and releases the partitioned parameters of ``units`` around their use."""
 
-    def __init__(self, units: list[Unit], policy: GatherPolicy):
-        self.units, self.policy = units, policy
+    def __init__(self, units: list[Unit], policy: GatherPolicy, comm: CommContext, *, verify_order: bool = True):
+        self.units, self.policy, self.comm = units, policy, comm
+        self.verify_order = verify_order and comm.distributed
         self.phase = Phase.IDLE
         self.peak_live_numel = 0
         self.trace_misses = 0  # iterations whose order differed from the recorded trace
@@ -177,6 +183,7 @@ class ParamCoordinator:
 
     # -- gathering --------------------------------------------------------------------------
     def _fetch(self, unit: Unit) -> None:
+        check = self._start_order_check(unit) if self.verify_order else None
         self._recording.append(unit.index)
         trace = self._traces.get(self._grad_mode, [])
         if self._following_trace:
@@ -189,8 +196,33 @@ class ParamCoordinator:
         self._note_live()
         if self._following_trace:
             self._prefetch(trace)
-        for ref in unit.refs:
-            ref.store.wait_gather(ref.index)
+        try:
+            if check is not None:
+                self._finish_order_check(unit, *check)
+            for ref in unit.refs:
+                ref.store.wait_gather(ref.index)
+        except RankDivergenceError:
+            raise
+        except RuntimeError as error:  # a timeout or a peer that died, as gloo/NCCL report it
+            raise RuntimeError(f"rank {self.comm.rank}: ZeRO-3 gather of module '{unit.name}' "
+                               f"({self.phase.value}, fetch #{len(self._recording)}) failed: {error}") from error
+
+    def _start_order_check(self, unit: Unit):
+        tag = torch.tensor([unit.index, len(self._recording)], dtype=torch.int64, device=self.comm.device)
+        tags = torch.empty(2 * self.comm.world_size, dtype=torch.int64, device=self.comm.device)
+        return tags, self.comm.all_gather_into(tags, tag, async_op=True)
+
+    def _finish_order_check(self, unit: Unit, tags: torch.Tensor, pending) -> None:
+        pending.wait()
+        per_rank = tags.view(-1, 2).tolist()
+        if all(row == per_rank[0] for row in per_rank):
+            return
+        described = ", ".join(f"rank {r} gathers '{self.units[u].name}' (fetch #{seq + 1})"
+                              for r, (u, seq) in enumerate(per_rank) if 0 <= u < len(self.units))
+        raise RankDivergenceError(
+            f"ZeRO-3 ranks ran different modules in {self.phase.value}: {described}. Every rank must run "
+            "the same modules in the same order (a data-dependent branch or a skipped module on one rank "
+            "breaks this); make the branch condition the same on all ranks.")
 
     def _prefetch(self, trace: list[int]) -> None:
         budget = self.policy.prefetch_numel

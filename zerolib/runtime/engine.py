@@ -97,7 +97,8 @@ class ZeroEngine:
         if zero.stage < 3:
             return ZeroOptimizer(trainable, self.comm, settings, make_optimizer=make_optimizer,
                                  fp32_values=fp32_values, loss_scaler=self.loss_scaler)
-        self.stage3 = plan = plan_stage3(self.module, self.comm, settings, self.dtype, fill=self.materializer)
+        self.stage3 = plan = plan_stage3(self.module, self.comm, settings, self.dtype, fill=self.materializer,
+                                          verify_order=cfg.comm.verify_module_order)
         if self.materializer is not None:
             self.materializer.materialize_remaining()
         self._register_state_dict_hooks()

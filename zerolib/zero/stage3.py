@@ -39,7 +39,7 @@ def _groups_by_unit(names: list[str], params: dict[str, nn.Parameter], owner: di
 
 
 def plan_stage3(module: nn.Module, comm: CommContext, settings: ZeroSettings, dtype: torch.dtype,
-                fill: FillFn | None = None) -> Stage3Plan:
+                fill: FillFn | None = None, verify_order: bool = True) -> Stage3Plan:
     """Partitions ``module``'s parameters (already on the device, in ``dtype``)."""
     unit_modules = find_unit_modules(module)
     owner = assign_params_to_units(module, unit_modules)
@@ -80,4 +80,5 @@ def plan_stage3(module: nn.Module, comm: CommContext, settings: ZeroSettings, dt
             refs.append(BufferRef(frozen_store, frozen_buffer[unit_index]))
         units.append(Unit(unit_index, name or "<root>", unit_module, tuple(refs)))
     policy = GatherPolicy(settings.prefetch_bucket_numel, settings.max_live_numel, settings.max_reuse_distance)
-    return Stage3Plan(layout, store, frozen_store, ParamCoordinator(units, policy))
+    coordinator = ParamCoordinator(units, policy, comm, verify_order=verify_order)
+    return Stage3Plan(layout, store, frozen_store, coordinator)
