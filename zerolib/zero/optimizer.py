@@ -147,6 +147,22 @@ class ZeroOptimizer:
                     self.store.shard_view(spec.index, self.shard).copy_(master)
         self.store.publish(self.shard)
 
+    # torch.optim-style access to this rank's slice of the optimizer, as DeepSpeed exposes it.
+    @property
+    def param_groups(self) -> list[dict]:
+        return self.optimizer.param_groups
+
+    @property
+    def state(self):
+        return self.optimizer.state
+
+    def state_dict(self) -> dict:
+        """The inner optimizer's state for this rank's master slices (one tensor per buffer)."""
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state)
+
     def refresh_master(self, index: int) -> None:
         """Re-reads buffer ``index``'s master slice from the (edited) working parameters."""
         if self.param_dtype != torch.float32:
