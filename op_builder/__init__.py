@@ -26,21 +26,13 @@ from op_builder.ops import (
 def prebuild_all(verbose: bool = False) -> dict[str, str]:
     """Build every library op that can build here, for this CPU's SIMD path, into the cache.
 
-    A failure is printed and does not stop the others (the library falls back to PyTorch at run
-    time). Returns ``{extension name: "built" | "skipped: <why>" | "failed: <error>"}``.
+    Builds run in parallel processes. A failure is printed and does not stop the others (the
+    library falls back to PyTorch at run time). Returns
+    ``{extension name: "built" | "skipped: <why>" | "failed: <compiler output>"}``.
     """
-    results = {}
-    for builder_class in LIBRARY_BUILDERS:
-        builder = builder_class()
-        reason = builder.incompatibility()
-        if reason is not None:
-            results[builder.extension_name] = f"skipped: {reason}"
-            continue
-        try:
-            builder.load(verbose=verbose)
-            results[builder.extension_name] = "built"
-        except OpBuildError as error:
-            results[builder.extension_name] = f"failed: {error}"
+    from op_builder.prebuild import build_in_parallel
+
+    results = build_in_parallel([builder_class() for builder_class in LIBRARY_BUILDERS], verbose=verbose)
     for name, outcome in results.items():
         print(f"zerolib prebuild {name}: {outcome}", file=sys.stderr)
     return results

@@ -1,4 +1,4 @@
-"""One builder per native op."""
+"""One builder per native op (see builder.py for the binding / kernel-library split)."""
 from __future__ import annotations
 
 from op_builder.builder import OpBuilder
@@ -8,38 +8,38 @@ class CPUAdamBuilder(OpBuilder):
     """Adam/AdamW over lists of flat fp32 tensors (fp32/bf16/fp16 grads, optional 16-bit outputs)."""
 
     op_name = "cpu_adam"
-    sources = ("adam/cpu_adam.cpp",)
+    binding_sources = ("adam/cpu_adam.cpp",)
+    kernel_sources = ("adam/adam_kernels.cpp",)
 
 
 class QuantizerBuilder(OpBuilder):
     """Block-wise int8/int4 quantize, dequantize and fused dequantize-reduce on the CPU."""
 
     op_name = "quantizer"
-    sources = ("quantization/quantize.cpp",)
+    binding_sources = ("quantization/quantize.cpp",)
+    kernel_sources = ("quantization/quantize_kernels.cpp",)
 
 
 class AdamMemoryCeilingBuilder(OpBuilder):
     """Benchmark-only: a kernel with Adam's memory traffic (4 fp32 reads, 3 writes) and no math.
 
-    Built with exactly the flags of CPU Adam so that the benchmark's ceiling is a fair one.
+    Built with exactly CPU Adam's kernel flags so that the benchmark's ceiling is a fair one.
     """
 
     op_name = "adam_memory_ceiling"
-    sources = ("adam/memory_ceiling.cpp",)
+    kernel_sources = ("adam/memory_ceiling.cpp",)
 
 
 class CUDAQuantizerBuilder(OpBuilder):
-    """The quantizer's CUDA kernels (same op names and arguments as the CPU ones)."""
+    """The quantizer's CUDA kernels: same op names and arguments as the CPU binding, minus the
+    kernel table (CUDA code has no CPU SIMD path)."""
 
     op_name = "quantizer_cuda"
-    sources = ("quantization/quantize_cuda.cpp", "quantization/quantize_cuda.cu")
+    binding_sources = ("quantization/quantize_cuda.cpp", "quantization/quantize_cuda.cu")
     uses_cpu_simd = False
 
-    def cxx_flags(self) -> list[str]:
-        return [flag for flag in super().cxx_flags() if flag != "-fopenmp"]
-
     def cuda_flags(self) -> list[str]:
-        return ["-O3", "--use_fast_math", f"-DZEROLIB_OP_NS={self.extension_name}"]
+        return ["-O3", f"-I{self.source_paths()[0].rsplit('/', 2)[0]}/includes"]
 
     def incompatibility(self) -> str | None:
         import torch

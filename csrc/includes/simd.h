@@ -162,8 +162,3 @@ using Native = Scalar;
 #endif
 
 }  // namespace zerolib::simd
-
-// TORCH_LIBRARY pastes its namespace argument; this indirection expands ZEROLIB_OP_NS (set by the
-// builder, distinct per SIMD path) first, so two paths of one op can load into one process.
-#define ZEROLIB_LIBRARY_EXPAND(ns, m) TORCH_LIBRARY(ns, m)
-#define ZEROLIB_LIBRARY(m) ZEROLIB_LIBRARY_EXPAND(ZEROLIB_OP_NS, m)

@@ -46,4 +46,4 @@ def adam_step(
     if ops is None:
         adam_step_reference(*args)
     else:
-        ops.adam_step(*args)
+        ops.call("adam_step", *args)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -96,7 +97,7 @@ def quantize(x: torch.Tensor, bits: int = 8, block_size: int = 256, symmetric: b
     if ops is None:
         data, scales, zero_points = quantize_reference(flat, bits, block_size, symmetric)
     else:
-        data, scales, zero_points = ops.quantize(flat, bits, block_size, symmetric)
+        data, scales, zero_points = ops.call("quantize", flat, bits, block_size, symmetric)
     return QuantizedTensor(data, scales, None if symmetric else zero_points, flat.numel(), x.shape, bits, block_size)
 
 
@@ -125,7 +126,7 @@ def dequantize_reduce(qs: Sequence[QuantizedTensor], *, requantize: bool = False
     first = qs[0]
     data, scales, zero_points = _unpack(qs)
     ops = _native_ops(first.data.device, require_native)
-    run = dequantize_reduce_reference if ops is None else ops.dequantize_reduce
+    run = dequantize_reduce_reference if ops is None else functools.partial(ops.call, "dequantize_reduce")
     total, q_data, q_scales, q_zero = run(data, scales, zero_points, first.numel, first.bits, first.block_size,
                                           first.symmetric, requantize)
     if requantize:
@@ -139,5 +140,5 @@ def dequantize(q: QuantizedTensor, dtype: torch.dtype = torch.float32, *, requir
     ops = _native_ops(q.data.device, require_native)
     zero_points = torch.empty(0, device=q.data.device) if q.zero_points is None else q.zero_points
     args = (q.data, q.scales, zero_points, q.numel, q.bits, q.block_size, q.symmetric)
-    values = dequantize_reference(*args) if ops is None else ops.dequantize(*args)
+    values = dequantize_reference(*args) if ops is None else ops.call("dequantize", *args)
     return values.view(q.shape).to(dtype)
