@@ -16,14 +16,21 @@ from op_builder.builder import OpBuilder, OpBuildError
 _REPO_ROOT = str(Path(__file__).resolve().parent.parent)
 
 
-def build_in_parallel(builders: list[OpBuilder], verbose: bool = False) -> dict[str, str]:
-    """Build every builder at once; ``{extension: "built" | "skipped: why" | "failed: output"}``."""
+def build_in_parallel(builders: list[OpBuilder], verbose: bool = False, rebuild_cached: bool = True) -> dict[str, str]:
+    """Build every builder at once; ``{extension: "built" | "cached" | "skipped: why" | "failed: output"}``.
+
+    With ``rebuild_cached=False`` ops already in the cache are not re-checked here (loading them
+    later still rebuilds them if their sources changed); that saves a process start per op.
+    """
     results, running = {}, {}
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [_REPO_ROOT, os.environ.get("PYTHONPATH")])))
     for builder in builders:
         reason = builder.incompatibility()
         if reason is not None:
             results[builder.extension_name] = f"skipped: {reason}"
+            continue
+        if not rebuild_cached and builder.is_cached():
+            results[builder.extension_name] = "cached"
             continue
         command = [sys.executable, "-m", "op_builder.prebuild", type(builder).__name__, builder.simd]
         running[builder.extension_name] = subprocess.Popen(

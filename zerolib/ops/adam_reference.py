@@ -66,7 +66,7 @@ def adam_step_reference(
             exp_avg_sqs[i].copy_(exp_avg_sq)
             if adamw_mode and weight_decay:
                 param.mul_(1 - lr * weight_decay)
-            denom = exp_avg_sq.sqrt_().div_(math.sqrt(bias_correction2)).add_(eps)
+            denom = exp_avg_sq.sqrt().div_(math.sqrt(bias_correction2)).add_(eps)  # not in place: may alias the state
             param.addcdiv_(exp_avg, denom, value=-lr / bias_correction1)
             if param_copies:
                 param_copies[i].copy_(param)

@@ -64,8 +64,7 @@ class CPUAdam(torch.optim.Optimizer):
                 state["step"] = 0
                 state["exp_avg"] = torch.zeros_like(param, dtype=group["moment_dtype"])
                 state["exp_avg_sq"] = torch.zeros_like(param, dtype=group["moment_dtype"])
-            # A state loaded from torch.optim.Adam holds the step as a tensor.
-            state["step"] = int(state["step"]) + 1
+            state["step"] += 1
             params.append(param)
             grads.append(param.grad.contiguous())
             exp_avgs.append(state["exp_avg"])
@@ -76,12 +75,18 @@ class CPUAdam(torch.optim.Optimizer):
         return params, grads, exp_avgs, exp_avg_sqs, steps, out_copies
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """Load as torch does, then restore each group's moment dtype (torch casts floating
-        state to the parameter's dtype, which would silently turn bf16 moments into fp32)."""
+        """Load as torch does (a torch.optim.Adam/AdamW state dict works too), then restore each
+        group's moment dtype: torch casts floating state to the parameter's dtype, which would
+        silently turn bf16 moments into fp32."""
         super().load_state_dict(state_dict)
         for group in self.param_groups:
+            for key, default in self.defaults.items():  # a torch.optim.AdamW state has none of ours
+                group.setdefault(key, default)
             for param in group["params"]:
                 state = self.state.get(param)
+                if state and "step" in state:
+                    # torch keeps a loaded "step" tensor by reference: copy its value out now.
+                    state["step"] = int(state["step"])
                 for key in ("exp_avg", "exp_avg_sq"):
                     if state and key in state:
                         state[key] = state[key].to(group["moment_dtype"]).contiguous()
