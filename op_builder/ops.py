@@ -1,7 +1,7 @@
 """One builder per native op (see builder.py for the binding / kernel-library split)."""
 from __future__ import annotations
 
-from op_builder.builder import OpBuilder
+from op_builder.builder import CSRC_DIR, OpBuilder
 
 
 class CPUAdamBuilder(OpBuilder):
@@ -39,7 +39,7 @@ class CUDAQuantizerBuilder(OpBuilder):
     uses_cpu_simd = False
 
     def cuda_flags(self) -> list[str]:
-        return ["-O3", f"-I{self.source_paths()[0].rsplit('/', 2)[0]}/includes"]
+        return ["-O3", f"-I{CSRC_DIR / 'includes'}"]
 
     def incompatibility(self) -> str | None:
         import torch
