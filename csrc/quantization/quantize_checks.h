@@ -3,6 +3,7 @@
 
 #include <ATen/ops/empty.h>
 
+#include <optional>
 #include <tuple>
 #include <vector>
 
@@ -30,8 +31,33 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> empty_quantized(int64_t nu
           at::empty({f.symmetric ? 0 : blocks}, options.dtype(at::kFloat))};
 }
 
+// The caller's output tensors when given (checked against numel and the format), else new ones.
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_outputs(int64_t numel, const abi::QuantFormat& f,
+                                                                       const at::TensorOptions& options,
+                                                                       const std::optional<at::Tensor>& data,
+                                                                       const std::optional<at::Tensor>& scales,
+                                                                       const std::optional<at::Tensor>& zero_points) {
+  if (!data.has_value()) return empty_quantized(numel, f, options);
+  const int64_t blocks = quant_blocks(numel, f), bytes = quant_data_bytes(numel, f);
+  TORCH_CHECK(data->scalar_type() == at::kByte && data->is_contiguous() && data->numel() == bytes,
+              "quantize: data out must be contiguous uint8 of ", bytes, " bytes, got ", data->numel());
+  TORCH_CHECK(scales.has_value() && scales->scalar_type() == at::kFloat && scales->is_contiguous() &&
+                  scales->numel() == blocks,
+              "quantize: scales out must be contiguous fp32 of ", blocks, " blocks");
+  const bool zero_ok = f.symmetric || (zero_points.has_value() && zero_points->scalar_type() == at::kFloat &&
+                                       zero_points->is_contiguous() && zero_points->numel() == blocks);
+  TORCH_CHECK(zero_ok, "quantize: asymmetric zero_points out must be contiguous fp32 of ", blocks, " blocks");
+  return {*data, *scales, f.symmetric ? at::empty({0}, options.dtype(at::kFloat)) : *zero_points};
+}
+
 inline abi::QuantBuffers buffers(at::Tensor& data, at::Tensor& scales, at::Tensor& zero_points, bool symmetric) {
   return {data.data_ptr<uint8_t>(), scales.data_ptr<float>(), symmetric ? nullptr : zero_points.data_ptr<float>()};
+}
+
+inline void check_out(const at::Tensor& out, int64_t numel) {
+  TORCH_CHECK(out.scalar_type() == at::kFloat && out.is_contiguous() && out.numel() == numel,
+              "dequantize: out must be a contiguous fp32 tensor of ", numel, " elements, got ", out.scalar_type(),
+              " of ", out.numel());
 }
 
 // Checks every input against the sizes numel and the format imply; returns their raw buffers.

@@ -74,6 +74,9 @@ def test_dequantize_reduce_sums_and_requantizes(implementation, bits, symmetric)
         return  # the public API runs the native path; the reference sum is the expectation itself
     total = dequantize_reduce(qs)
     torch.testing.assert_close(total, expected, rtol=1e-5, atol=1e-5)
+    out = torch.full((3001,), float("nan"))
+    assert dequantize_reduce(qs, out=out) is out
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
     requantized = dequantize_reduce(qs, requantize=True)
     assert (requantized.bits, requantized.block_size, requantized.symmetric) == (bits, 256, symmetric)
     assert_within_half_scale(expected, dequantize(requantized), requantized)
@@ -87,7 +90,12 @@ def test_shapes_sizes_and_wire_round_trip(native_ops_built):
         wire = q.to_wire()
         assert wire.dtype == torch.uint8 and wire.numel() == wire_nbytes(x.numel(), bits, 16, symmetric)
         back = QuantizedTensor.from_wire(wire, x.shape, bits, 16, symmetric)
+        send_buffer = torch.zeros(wire.numel() + 8, dtype=torch.uint8)
+        in_place = quantize(x, bits=bits, block_size=16, symmetric=symmetric, out=send_buffer[8:])
+        assert torch.equal(send_buffer[8:], wire) and in_place.data.data_ptr() == send_buffer[8:].data_ptr()
         assert torch.equal(dequantize(back), dequantize(q))
+        out = torch.empty(x.numel())
+        assert dequantize(q, out=out) is out and torch.equal(out.view(x.shape), dequantize(q))
     empty = quantize(torch.empty(0))
     assert empty.data.numel() == 0 and dequantize(empty).numel() == 0
 
@@ -104,6 +112,8 @@ def test_bad_inputs_are_named(native_ops_built):
         dequantize_reduce([a, b])
     with pytest.raises(ValueError, match="expected .* bytes"):
         QuantizedTensor.from_wire(torch.zeros(3, dtype=torch.uint8), (10,), 8, 256, True)
+    with pytest.raises(ValueError, match="out must be a contiguous float32 tensor of 10"):
+        dequantize(a, out=torch.empty(11))
     broken = QuantizedTensor(a.data[:-1], a.scales, None, a.numel, a.shape, a.bits, a.block_size)
     with pytest.raises(RuntimeError, match="data must be contiguous uint8"):
         dequantize(broken)

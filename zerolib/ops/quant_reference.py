@@ -48,21 +48,26 @@ def quantize_reference(x: torch.Tensor, bits: int, block_size: int, symmetric: b
     return codes, scales, zero_points if not symmetric else torch.empty(0, device=x.device)
 
 
-def dequantize_reference(data, scales, zero_points, numel: int, bits: int, block_size: int, symmetric: bool):
-    """fp32 tensor of ``numel`` values decoded from the layout above."""
+def dequantize_reference(data, scales, zero_points, numel: int, bits: int, block_size: int, symmetric: bool,
+                         out: torch.Tensor | None = None):
+    """fp32 tensor of ``numel`` values decoded from the layout above (written to ``out`` if given)."""
     check_format(bits, block_size)
     if bits == 4:
         data = torch.stack([data & 0x0F, data >> 4], dim=1).view(-1)
     codes = data.float().view(-1, block_size)
     bias = -_code_offset(bits, symmetric) * scales if symmetric else zero_points
-    return (codes * scales[:, None] + bias[:, None]).view(-1)[:numel]
+    values = (codes * scales[:, None] + bias[:, None]).view(-1)[:numel]
+    return values if out is None else out.copy_(values)
 
 
-def dequantize_reduce_reference(data, scales, zero_points, numel, bits, block_size, symmetric, requantize):
+def dequantize_reduce_reference(data, scales, zero_points, numel, bits, block_size, symmetric, requantize,
+                                out: torch.Tensor | None = None):
     """Same outputs as the native op: (fp32 sum or empty, data, scales, zero_points or empties)."""
     total = sum(dequantize_reference(d, s, z, numel, bits, block_size, symmetric)
                 for d, s, z in zip(data, scales, zero_points))
     empty = torch.empty(0, device=data[0].device)
     if not requantize:
-        return total, empty.to(torch.uint8), empty, empty
+        if out is not None:
+            out.copy_(total)
+        return total if out is None else empty, empty.to(torch.uint8), empty, empty
     return (empty, *quantize_reference(total, bits, block_size, symmetric))

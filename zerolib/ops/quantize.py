@@ -84,16 +84,28 @@ def _native_ops(device: torch.device, require_native: bool):
 
 
 def quantize(x: torch.Tensor, bits: int = 8, block_size: int = 256, symmetric: bool = True, *,
-             require_native: bool = False) -> QuantizedTensor:
+             out: torch.Tensor | None = None, require_native: bool = False) -> QuantizedTensor:
     """Quantize ``x`` (fp32/bf16/fp16, any shape and size) in blocks of ``block_size`` values.
 
-    Each value is reproduced by ``dequantize`` within half its block's scale.
+    Each value is reproduced by ``dequantize`` within half its block's scale. ``out``, a uint8
+    tensor of ``wire_nbytes(x.numel(), ...)`` bytes, receives the result in the wire layout (for
+    example a slice of an all-gather send buffer); the returned QuantizedTensor then views it.
     """
     check_format(bits, block_size)
     if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise TypeError(f"quantize: x has dtype {x.dtype}; expected float32, bfloat16 or float16")
     ops = _native_ops(x.device, require_native)
     flat = x.detach().contiguous().view(-1)
+    if out is not None:
+        target = QuantizedTensor.from_wire(out, x.shape, bits, block_size, symmetric)
+        outputs = (target.data, target.scales, target.zero_points)
+        if ops is None:
+            for destination, source in zip(outputs, quantize_reference(flat, bits, block_size, symmetric)):
+                if destination is not None:
+                    destination.copy_(source)
+        else:
+            ops.call("quantize", flat, bits, block_size, symmetric, *outputs)
+        return target
     if ops is None:
         data, scales, zero_points = quantize_reference(flat, bits, block_size, symmetric)
     else:
@@ -115,30 +127,49 @@ def _unpack(qs: Sequence[QuantizedTensor]):
     return [q.data for q in qs], [q.scales for q in qs], zero_points
 
 
-def dequantize_reduce(qs: Sequence[QuantizedTensor], *, requantize: bool = False, require_native: bool = False):
+def _check_out(out: torch.Tensor | None, numel: int, requantize: bool = False) -> None:
+    if out is None:
+        return
+    if requantize:
+        raise ValueError("dequantize_reduce: out= and requantize=True exclude each other")
+    if out.dtype != torch.float32 or out.numel() != numel or not out.is_contiguous():
+        raise ValueError(f"dequantize: out must be a contiguous float32 tensor of {numel} elements, "
+                         f"got {out.dtype} of {out.numel()}")
+
+
+def dequantize_reduce(qs: Sequence[QuantizedTensor], *, requantize: bool = False, out: torch.Tensor | None = None,
+                      require_native: bool = False):
     """Sum of the dequantized inputs (same shape, bits, block size and symmetry) in fp32, in one pass.
 
-    With ``requantize=True`` the sum is quantized again block by block while still in cache and a
-    QuantizedTensor of the inputs' format is returned instead (the fp32 sum is never stored).
+    ``out`` (contiguous fp32, same number of elements) receives the sum and is returned, which
+    avoids allocating (and page-faulting) a new buffer on every call. With ``requantize=True``
+    the sum is quantized again block by block while still in cache and a QuantizedTensor of the
+    inputs' format is returned instead (the CPU kernel never stores the fp32 sum).
     """
     if not qs:
         raise ValueError("dequantize_reduce: needs at least one QuantizedTensor")
     first = qs[0]
+    _check_out(out, first.numel, requantize)
     data, scales, zero_points = _unpack(qs)
     ops = _native_ops(first.data.device, require_native)
     run = dequantize_reduce_reference if ops is None else functools.partial(ops.call, "dequantize_reduce")
+    flat_out = None if out is None else out.view(-1)
     total, q_data, q_scales, q_zero = run(data, scales, zero_points, first.numel, first.bits, first.block_size,
-                                          first.symmetric, requantize)
+                                          first.symmetric, requantize, flat_out)
     if requantize:
         return QuantizedTensor(q_data, q_scales, None if first.symmetric else q_zero, first.numel, first.shape,
                                first.bits, first.block_size)
-    return total.view(first.shape)
+    return out if out is not None else total.view(first.shape)
 
 
-def dequantize(q: QuantizedTensor, dtype: torch.dtype = torch.float32, *, require_native: bool = False) -> torch.Tensor:
-    """The values ``q`` encodes, in ``q.shape`` and ``dtype``."""
+def dequantize(q: QuantizedTensor, dtype: torch.dtype = torch.float32, *, out: torch.Tensor | None = None,
+               require_native: bool = False) -> torch.Tensor:
+    """The values ``q`` encodes, in ``q.shape`` and ``dtype``; or written into ``out``
+    (contiguous fp32 of ``q.numel`` elements, any shape), which is returned."""
+    _check_out(out, q.numel)
     ops = _native_ops(q.data.device, require_native)
     zero_points = torch.empty(0, device=q.data.device) if q.zero_points is None else q.zero_points
-    args = (q.data, q.scales, zero_points, q.numel, q.bits, q.block_size, q.symmetric)
+    args = (q.data, q.scales, zero_points, q.numel, q.bits, q.block_size, q.symmetric,
+            None if out is None else out.view(-1))
     values = dequantize_reference(*args) if ops is None else ops.call("dequantize", *args)
-    return values.view(q.shape).to(dtype)
+    return out if out is not None else values.view(q.shape).to(dtype)
