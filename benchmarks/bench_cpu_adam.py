@@ -55,16 +55,21 @@ def zerolib_case(n, grad_dtype, moment_dtype, copy_dtype, simd):
                              require_native=True, **HYPER)
 
 
-def fused_adamw_case(n, with_param_cast: bool):
+def fused_adamw_case(n, with_param_cast: bool, with_grad_upcast: bool = False):
+    """torch's fused AdamW; optionally with the casts a bf16-gradient / bf16-parameter step needs
+    around it (fused AdamW wants fp32 grads for fp32 params)."""
     param = torch.randn(n, requires_grad=True)
     param.grad = torch.randn(n)
     optimizer = torch.optim.AdamW([param], lr=1e-3, weight_decay=0.01, fused=True)
     copy = torch.empty(n, dtype=torch.bfloat16)
+    bf16_grad = torch.randn(n).to(torch.bfloat16)
 
     def step():
+        if with_grad_upcast:
+            param.grad.copy_(bf16_grad)
         optimizer.step()
         if with_param_cast:
-            copy.copy_(param.detach())  # the separate cast a mixed-precision step needs
+            copy.copy_(param.detach())
 
     return step
 
@@ -83,44 +88,68 @@ def deepspeed_case(n):
     return optimizer.step, ""
 
 
-def report(label, ms, n, bytes_per_param, baseline_ms=None, baseline_name=""):
+def paired_ms(first, second, repeats: int, warmup: int = 2) -> tuple[float, float]:
+    """Median ms of two steps timed alternately (A, B, A, B, ...): on a shared machine the load
+    drifts, and interleaving exposes both sides of a ratio to the same drift."""
+    for _ in range(warmup):
+        first()
+        second()
+    times = ([], [])
+    for _ in range(repeats):
+        for fn, bucket in zip((first, second), times):
+            start = time.perf_counter()
+            fn()
+            bucket.append(time.perf_counter() - start)
+    return statistics.median(times[0]) * 1e3, statistics.median(times[1]) * 1e3
+
+
+def line(label: str, ms: float, n: int, bytes_per_param: int, note: str = "") -> None:
     gbps = bytes_per_param * n / (ms * 1e-3) / 1e9
-    ratio = f"  {baseline_ms / ms:5.2f}x vs {baseline_name}" if baseline_ms else ""
-    print(f"  {label:<46} {ms:8.1f} ms/step {gbps:6.1f} GB/s{ratio}")
-    return ms
+    print(f"  {label:<48} {ms:8.1f} ms/step {gbps:6.1f} GB/s  {note}")
+
+
+def compare(n, repeats, label, ours, ours_bytes, baseline_label, baseline, baseline_bytes) -> None:
+    """Time ours against a baseline, interleaved, and print both with the ratio."""
+    ours_ms, baseline_ms = paired_ms(ours, baseline, repeats)
+    line(label, ours_ms, n, ours_bytes, f"{baseline_ms / ours_ms:5.2f}x vs {baseline_label}")
+    line(f"  ({baseline_label})", baseline_ms, n, baseline_bytes)
 
 
 def bench_size(n: int, repeats: int) -> None:
-    print(f"\n== {n / 1e6:.0f}M params, {torch.get_num_threads()} threads, median of {repeats} ==")
+    print(f"\n== {n / 1e6:.0f}M params, {torch.get_num_threads()} threads, median of {repeats}, pairs interleaved ==")
     levels = [level for level in runnable_simd_levels() if level != "scalar"]
-    ceilings = {}
-    for level in levels:
-        run = ceiling_kernel(level)
-        p, g, m, v = (torch.randn(n) for _ in range(4))
-        ms = median_ms(lambda: run(p.data_ptr(), g.data_ptr(), m.data_ptr(), v.data_ptr(), n, torch.get_num_threads()),
-                       repeats)
-        ceilings[level] = report(f"memory ceiling (4R+3W fp32, {level} build)", ms, n, BYTES_FP32)
-        del p, g, m, v
-    fused = report("torch AdamW(fused=True) fp32", median_ms(fused_adamw_case(n, False), repeats), n, BYTES_FP32)
     ds_step, why = deepspeed_case(n)
-    deepspeed = report("DeepSpeedCPUAdam fp32", median_ms(ds_step, repeats), n, BYTES_FP32) if ds_step else None
     if not ds_step:
         print(f"  DeepSpeedCPUAdam: not measured ({why})")
-    best_name, best = ("DeepSpeed", deepspeed) if deepspeed and deepspeed < fused else ("fused AdamW", fused)
     for level in levels:
-        ms = median_ms(zerolib_case(n, torch.float32, torch.float32, None, level), repeats)
-        report(f"zerolib fp32 [{level}]", ms, n, BYTES_FP32, best, best_name)
-        print(f"  {'':<46} {'':>8}    {ceilings[level] / ms * 100:5.0f}% of the {level} ceiling")
-    cast_baseline = report("fused AdamW + bf16 param cast", median_ms(fused_adamw_case(n, True), repeats), n,
-                           BYTES_FP32 + 6)
-    for level in levels:
-        ms = median_ms(zerolib_case(n, torch.bfloat16, torch.float32, torch.bfloat16, level), repeats)
-        report(f"zerolib bf16 grad -> fp32 + bf16 copy [{level}]", ms, n, BYTES_MIXED, cast_baseline,
-               "fused+cast")
-        for grad_dtype, bytes_per_param in ((torch.float32, BYTES_BF16_MOMENTS + 2), (torch.bfloat16, BYTES_BF16_MOMENTS)):
+        ours = zerolib_case(n, torch.float32, torch.float32, None, level)
+        run = ceiling_kernel(level)
+        p, g, m, v = (torch.randn(n) for _ in range(4))
+        threads = torch.get_num_threads()
+        ceiling = lambda: run(p.data_ptr(), g.data_ptr(), m.data_ptr(), v.data_ptr(), n, threads)  # noqa: E731
+        ours_ms, ceiling_ms = paired_ms(ours, ceiling, repeats)
+        line(f"zerolib fp32 [{level}]", ours_ms, n, BYTES_FP32, f"{ceiling_ms / ours_ms * 100:4.0f}% of the ceiling")
+        line(f"  (memory ceiling, 4R+3W fp32, {level} build)", ceiling_ms, n, BYTES_FP32)
+        del p, g, m, v
+        compare(n, repeats, f"zerolib fp32 [{level}]", ours, BYTES_FP32, "fused AdamW", fused_adamw_case(n, False),
+                BYTES_FP32)
+        if ds_step:
+            compare(n, repeats, f"zerolib fp32 [{level}]", ours, BYTES_FP32, "DeepSpeedCPUAdam", ds_step, BYTES_FP32)
+        del ours
+        mixed = zerolib_case(n, torch.bfloat16, torch.float32, torch.bfloat16, level)
+        # Byte counts cap these ratios at 34/28 = 1.21x and 40/28 = 1.43x.
+        compare(n, repeats, f"zerolib bf16 grad -> fp32 + bf16 copy [{level}]", mixed, BYTES_MIXED,
+                "fused AdamW + param cast", fused_adamw_case(n, True), BYTES_FP32 + 6)
+        compare(n, repeats, f"zerolib bf16 grad -> fp32 + bf16 copy [{level}]", mixed, BYTES_MIXED,
+                "grad upcast + fused AdamW + param cast", fused_adamw_case(n, True, with_grad_upcast=True),
+                BYTES_FP32 + 12)
+        del mixed
+        for grad_dtype, bytes_per_param in ((torch.float32, BYTES_BF16_MOMENTS + 2),
+                                            (torch.bfloat16, BYTES_BF16_MOMENTS)):
             name = "fp32" if grad_dtype == torch.float32 else "bf16"
-            ms = median_ms(zerolib_case(n, grad_dtype, torch.bfloat16, None, level), repeats)
-            report(f"zerolib bf16 moments, {name} grads [{level}]", ms, n, bytes_per_param, fused, "fused AdamW")
+            compare(n, repeats, f"zerolib bf16 moments, {name} grads [{level}]",
+                    zerolib_case(n, grad_dtype, torch.bfloat16, None, level), bytes_per_param, "fused AdamW",
+                    fused_adamw_case(n, False), BYTES_FP32)
 
 
 def train_tiny_regression(moment_dtype: torch.dtype, steps: int = 300, seed: int = 0) -> float:
