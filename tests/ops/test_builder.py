@@ -1,6 +1,7 @@
 """op_builder: SIMD detection and forcing, cache naming, the build lock, build failures and fallback."""
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -128,3 +129,17 @@ def test_prebuild_all_builds_the_cpu_ops(native_ops_built):
     assert results[CPUAdamBuilder(level).extension_name] == "built"
     assert results[QuantizerBuilder(level).extension_name] == "built"
     assert CUDAQuantizerBuilder().extension_name in results
+
+
+def test_only_the_avx512_library_uses_avx512_registers(native_ops_built):
+    """The avx2 and scalar builds must run on CPUs without AVX-512, even when built on one."""
+    objdump = shutil.which("objdump")
+    if objdump is None:
+        print("skipping the instruction check: objdump not found")
+        pytest.skip("objdump not found")
+    for level in runnable_simd_levels():
+        library = CPUAdamBuilder(level).library_paths()[-1]
+        disassembly = subprocess.run([objdump, "-d", str(library)], capture_output=True, text=True).stdout
+        assert ("zmm" in disassembly) == (level == "avx512"), f"{library.name}: zmm use does not match {level}"
+        if level == "scalar":
+            assert "ymm" not in disassembly, f"{library.name} uses AVX registers"
