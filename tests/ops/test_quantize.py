@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from zerolib.ops import QuantizedTensor, dequantize, dequantize_reduce, quantize, wire_nbytes
-from zerolib.ops.quant_reference import dequantize_reference, quantize_reference
+from zerolib.ops.quant_reference import dequantize_reduce_reference, dequantize_reference, quantize_reference
 
 SIZES = (1, 7, 1001, 65537)
 FORMATS = list(itertools.product((8, 4), (True, False)))
@@ -69,17 +69,26 @@ def test_dequantize_reduce_sums_and_requantizes(implementation, bits, symmetric)
     generator = torch.Generator().manual_seed(7)
     xs = [torch.randn(3001, generator=generator) for _ in range(3)]
     qs = [quantize_with(implementation, x, bits, 256, symmetric) for x in xs]
+    # The truth: each input decoded on its own, then summed in fp32.
     expected = sum(dequantize_reference(q.data, q.scales, q.zero_points, q.numel, bits, 256, symmetric) for q in qs)
     if implementation == "reference":
-        return  # the public API runs the native path; the reference sum is the expectation itself
-    total = dequantize_reduce(qs)
+        empty = torch.empty(0)
+        inputs = ([q.data for q in qs], [q.scales for q in qs], [empty if q.zero_points is None else q.zero_points
+                                                                 for q in qs])
+        total, *_ = dequantize_reduce_reference(*inputs, 3001, bits, 256, symmetric, False)
+        _, data, scales, zero_points = dequantize_reduce_reference(*inputs, 3001, bits, 256, symmetric, True)
+        requantized = QuantizedTensor(data, scales, None if symmetric else zero_points, 3001, (3001,), bits, 256)
+        requantized_values = dequantize_reference(data, scales, zero_points, 3001, bits, 256, symmetric)
+    else:
+        total = dequantize_reduce(qs)
+        out = torch.full((3001,), float("nan"))
+        assert dequantize_reduce(qs, out=out) is out
+        torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+        requantized = dequantize_reduce(qs, requantize=True)
+        requantized_values = dequantize(requantized)
     torch.testing.assert_close(total, expected, rtol=1e-5, atol=1e-5)
-    out = torch.full((3001,), float("nan"))
-    assert dequantize_reduce(qs, out=out) is out
-    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
-    requantized = dequantize_reduce(qs, requantize=True)
     assert (requantized.bits, requantized.block_size, requantized.symmetric) == (bits, 256, symmetric)
-    assert_within_half_scale(expected, dequantize(requantized), requantized)
+    assert_within_half_scale(expected, requantized_values, requantized)
 
 
 def test_shapes_sizes_and_wire_round_trip(native_ops_built):
