@@ -23,7 +23,17 @@ from typing import Any
 from op_builder.cpu_features import missing_cpu_flags, selected_simd_level, simd_compiler_flags
 
 CACHE_ENV_VAR = "ZEROLIB_OPS_CACHE"
-CSRC_DIR = Path(__file__).resolve().parent.parent / "csrc"
+
+
+def _find_csrc() -> Path:
+    """The C++ sources: ``csrc/`` beside ``op_builder/`` in a checkout, or ``op_builder/csrc``
+    when an installed package ships them as package data."""
+    here = Path(__file__).resolve().parent
+    packaged = here / "csrc"
+    return packaged if packaged.is_dir() else here.parent / "csrc"
+
+
+CSRC_DIR = _find_csrc()
 
 # Memory-bound kernels: -O3 vectorises, -fno-math-errno lets sqrt and rounding vectorise at all
 # (errno is a side effect), -fno-trapping-math allows if-converting the tails. No -ffast-math:
