@@ -81,3 +81,33 @@ def test_a_meta_model_needs_stage_3():
     config = {**CONFIG, "zero_optimization": {"stage": 2}}
     with pytest.raises(ValueError, match="stage 3"):
         zerolib.initialize(model, config)
+
+
+def eval_between_steps_worker(with_eval: bool):
+    torch.manual_seed(0)
+    engine = zerolib.initialize(GPT(TINY), {**CONFIG, "zero_optimization": {
+        "stage": 3, "stage3_param_persistence_threshold": 0, "stage3_max_reuse_distance": 0}})
+    rank = int(os.environ["RANK"])
+    tokens = torch.randint(0, 64, (4, 2, 17), generator=torch.Generator().manual_seed(rank))
+    losses, eval_losses = [], []
+    for step in range(4):
+        loss = engine(tokens[step, :, :-1], tokens[step, :, 1:])
+        engine.backward(loss)
+        engine.step()
+        losses.append(loss.item())
+        if with_eval:
+            engine.eval()
+            with torch.no_grad():
+                eval_losses.append(engine(tokens[0, :, :-1], tokens[0, :, 1:]).item())
+            engine.train()
+            engine(tokens[0, :, :-1], tokens[0, :, 1:])  # a forward with grad and no backward
+    return {"losses": losses, "eval": eval_losses, "live": engine.stage3.coordinator.live_numel()}
+
+
+def test_eval_and_abandoned_forwards_between_steps_change_nothing():
+    plain = run_ranks(eval_between_steps_worker, 2, False)
+    mixed = run_ranks(eval_between_steps_worker, 2, True)
+    for rank in range(2):
+        assert mixed[rank]["losses"] == plain[rank]["losses"], f"rank {rank}: eval forwards changed training"
+        assert len(mixed[rank]["eval"]) == 4
+        assert plain[rank]["live"] == 0, f"rank {rank}: parameters still gathered after the step"
