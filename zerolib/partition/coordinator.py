@@ -183,7 +183,9 @@ class ParamCoordinator:
 
     # -- gathering --------------------------------------------------------------------------
     def _fetch(self, unit: Unit) -> None:
-        check = self._start_order_check(unit) if self.verify_order else None
+        # Forward decides the module order (backward replays its graph), so checking forward
+        # fetches catches divergence at half the cost of checking every gather.
+        check = self._start_order_check(unit) if self.verify_order and self.phase is Phase.FORWARD else None
         self._recording.append(unit.index)
         trace = self._traces.get(self._grad_mode, [])
         if self._following_trace:
@@ -225,14 +227,18 @@ class ParamCoordinator:
             "breaks this); make the branch condition the same on all ranks.")
 
     def _prefetch(self, trace: list[int]) -> None:
+        """Gathers ahead along the trace: always the next unit (as FSDP2 does, so a budget under
+        one block still overlaps), then more while the prefetch budget and max-live allow."""
         budget = self.policy.prefetch_numel
-        for unit_index in trace[self._position:]:
+        if budget <= 0:
+            return
+        for ahead, unit_index in enumerate(trace[self._position:]):
             unit = self.units[unit_index]
             missing = [r for r in unit.refs if not (r.store.is_available(r.index) or r.store.is_pending(r.index))]
             size = sum(r.store.layout.buffers[r.index].padded_numel for r in missing)
-            if size > budget or self.live_numel() + size > self.policy.max_live_numel:
+            if (size > budget and ahead > 0) or self.live_numel() + size > self.policy.max_live_numel:
                 return
-            budget -= size
+            budget -= min(size, budget)
             for ref in missing:
                 ref.store.start_gather(ref.index)
             self._note_live()
