@@ -124,7 +124,8 @@ def held_out_loss(engine, corpus: ByteCorpus, seq_len: int, batch_size: int) -> 
     return mean_over_ranks(total, count)
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> dict:
+    """Runs the job; returns ``{"losses", "final_loss", "held_out_loss", "seconds"}`` (for tests)."""
     args = parse_args(argv)
     corpus = ByteCorpus(args.corpus)
     corpus.check_fits(args.seq_len)
@@ -143,13 +144,14 @@ def main(argv=None) -> None:
     losses = train(engine, sampler, args.steps, tokens_per_step, show_bar=rank == 0 and not args.no_progress)
     seconds = time.perf_counter() - start
     last = losses[-LAST_STEPS_AVERAGED:]
-    final = mean_over_ranks(sum(last), len(last))
-    evaluated = held_out_loss(engine, corpus, args.seq_len, micro)
+    summary = {"losses": losses, "final_loss": mean_over_ranks(sum(last), len(last)),
+               "held_out_loss": held_out_loss(engine, corpus, args.seq_len, micro), "seconds": seconds}
     if rank == 0:
-        print(f"first loss {losses[0]:.3f} (rank 0), mean loss of the last {len(last)} steps over all ranks:")
-        print(f"final loss {final:.3f} after {args.steps} steps ({seconds:.1f} s, "
+        print(f"first loss {losses[0]:.3f} (rank 0); final loss: mean of the last {len(last)} steps over all ranks")
+        print(f"final loss {summary['final_loss']:.3f} after {args.steps} steps ({seconds:.1f} s, "
               f"{tokens_per_step * args.steps / seconds:,.0f} tokens/s)")
-        print(f"held-out loss {evaluated:.3f}")
+        print(f"held-out loss {summary['held_out_loss']:.3f}")
+    return summary
 
 
 if __name__ == "__main__":
