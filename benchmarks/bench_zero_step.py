@@ -71,6 +71,7 @@ class Variant:
     def __init__(self, name: str, batch):
         self.name, self.batch = name, batch
         self.model_state_bytes = None
+        self.steps_taken = 0
 
     def forward_backward(self):
         raise NotImplementedError
@@ -83,9 +84,10 @@ class Variant:
 
     def step(self):
         self.forward_backward()
-        if self.model_state_bytes is None:
+        if self.steps_taken == 1:  # the second step: Adam's m and v exist from the first
             self.model_state_bytes = self.state_bytes()
         self.optimizer_step()
+        self.steps_taken += 1
 
 
 class DDPVariant(Variant):
@@ -181,11 +183,26 @@ def run_setting(setting: Setting, profile: str | None) -> dict:
         shift = round_index % len(variants)
         for variant in variants[shift:] + variants[:shift]:
             times[variant.name] += timed_steps(variant.step, setting.steps_per_round)
-    result = {"rows": [(v.name, median(times[v.name]), v.model_state_bytes) for v in variants]}
+    result = {"rows": [(v.name, median(times[v.name]), v.model_state_bytes) for v in variants],
+              "collectives": time_collectives(sum(p.numel() for p in make_model(setting).parameters()))}
     chosen = [v for v in variants if profile and v.name.replace(" ", "").lower().endswith(profile)]
     if chosen:
         result["profile"] = profile_variant(chosen[0], setting.steps_per_round * 2)
     return result
+
+
+def time_collectives(numel: int, repeats: int = 3) -> dict[str, float]:
+    """Median seconds of the raw collectives behind each variant, on ``numel`` fp32 elements.
+
+    DDP all-reduces the gradients; stages 1/2 reduce-scatter them and all-gather the parameters.
+    Timing them bare shows how much of a stage's step is the backend's collective speed.
+    """
+    world = torch.distributed.get_world_size()
+    full, shard = torch.randn(numel - numel % world), torch.empty(numel // world)
+    calls = {"all_reduce": lambda: torch.distributed.all_reduce(full),
+             "reduce_scatter": lambda: torch.distributed.reduce_scatter_tensor(shard, full),
+             "all_gather": lambda: torch.distributed.all_gather_into_tensor(full, shard)}
+    return {name: median(timed_steps(call, repeats)) for name, call in calls.items()}
 
 
 def run_all(settings: list[Setting], profile: str | None) -> list[dict]:
@@ -208,6 +225,11 @@ def report(setting: Setting, result: dict) -> None:
         table.append([name, f"{seconds * 1e3:.1f}", f"{seconds / ddp_time:.2f}x", mem, goal])
     print(f"\n== {setting.name}")
     print_table(["variant", "step ms (median)", "vs DDP", "model states/rank", ""], table)
+    bare = result["collectives"]
+    zero_pair = bare["reduce_scatter"] + bare["all_gather"]
+    print(f"bare collectives on all parameters (fp32, same ranks): all_reduce "
+          f"{bare['all_reduce'] * 1e3:.1f} ms; reduce_scatter {bare['reduce_scatter'] * 1e3:.1f} ms + all_gather "
+          f"{bare['all_gather'] * 1e3:.1f} ms = {zero_pair / bare['all_reduce']:.2f}x the all_reduce")
 
 
 def main() -> None:
