@@ -191,7 +191,7 @@ def run_setting(setting: Setting, profile: str | None) -> dict:
     return result
 
 
-def time_collectives(numel: int, repeats: int = 3) -> dict[str, float]:
+def time_collectives(numel: int, repeats: int = 7) -> dict[str, float]:
     """Median seconds of the raw collectives behind each variant, on ``numel`` fp32 elements.
 
     DDP all-reduces the gradients; stages 1/2 reduce-scatter them and all-gather the parameters.
