@@ -158,18 +158,22 @@ def expected_comm(case: Case, psi: float, n: int) -> dict[str, float]:
     return {"reduce_scatter": reductions * share, "all_gather": share}
 
 
+def padded_bounds(formula, case: Case, result: dict, world_size: int) -> tuple[dict, dict]:
+    """``formula`` for Ψ (lower bound) and for Ψ plus every buffer's worst-case padding (upper)."""
+    psi, padding = result["numel"], result["buffers"] * world_size * ALIGN
+    return formula(case, psi, world_size), formula(case, psi + padding, world_size)
+
+
 @pytest.mark.parametrize("world_size", [2, 4])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_model_state_bytes_match_zero_formulas(measured, case, world_size):
     for rank, results in enumerate(measured(world_size)):
-        result = results[case.name]
-        got = result["memory"]
-        psi, padding = result["numel"], result["buffers"] * world_size * ALIGN
-        low, high = expected_memory(case, psi, world_size), expected_memory(case, psi + padding, world_size)
+        got = results[case.name]["memory"]
+        low, high = padded_bounds(expected_memory, case, results[case.name], world_size)
         for kind in low:
             assert low[kind] <= got[kind] <= high[kind], (
-                f"{case.name} N={world_size} rank {rank}: {kind} {got[kind]} bytes, ZeRO formula gives "
-                f"{low[kind]:.0f} (+ padding up to {high[kind]:.0f}) for Ψ={psi}")
+                f"{case.name} N={world_size} rank {rank}: {kind} holds {got[kind]} bytes, ZeRO formula "
+                f"{low[kind]:.0f}..{high[kind]:.0f} (Ψ={results[case.name]['numel']}, + padding)")
 
 
 @pytest.mark.parametrize("world_size", [2, 4])
@@ -188,15 +192,14 @@ def test_breakdown_accounts_for_every_live_tensor(measured, case, world_size):
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_comm_volume_per_step_matches_zero_paper(measured, case, world_size):
     for rank, results in enumerate(measured(world_size)):
-        comm, psi = results[case.name]["comm"], results[case.name]["numel"]
-        padding = results[case.name]["buffers"] * world_size * ALIGN
-        low, high = expected_comm(case, psi, world_size), expected_comm(case, psi + padding, world_size)
+        comm = results[case.name]["comm"]
+        low, high = padded_bounds(expected_comm, case, results[case.name], world_size)
         norm_kinds = {"all_reduce"} if case.stage > 0 else set()
         assert set(comm) == set(low) | norm_kinds, f"{case.name} N={world_size} rank {rank}: kinds {sorted(comm)}"
         for kind in low:
             assert low[kind] <= comm[kind]["bytes"] <= high[kind], (
-                f"{case.name} N={world_size} rank {rank}: {kind} sent {comm[kind]['bytes']} bytes, expected "
-                f"{low[kind]:.0f}..{high[kind]:.0f} for Ψ={psi}")
+                f"{case.name} N={world_size} rank {rank}: {kind} sent {comm[kind]['bytes']} bytes, ZeRO paper "
+                f"{low[kind]:.0f}..{high[kind]:.0f} (+ padding)")
         if norm_kinds:
             norm_bytes = 2 * (4 * (world_size - 1) // world_size)  # one fp32 scalar, as the ledger counts it
             norm = comm["all_reduce"]
