@@ -34,7 +34,8 @@ setup(
     python_requires=">=3.10",
     # torch is pinned at most to the CPU wheel this project tests with: a range admitting newer
     # releases makes pip fetch a multi-GB CUDA build on machines without torch.
-    install_requires=["torch>=2.4,<=2.13.0", "ninja", "numpy", "psutil", "py-cpuinfo", "pydantic>=2"],
+    # tqdm: the examples' progress bar (the field's standard one).
+    install_requires=["torch>=2.4,<=2.13.0", "ninja", "numpy", "psutil", "py-cpuinfo", "pydantic>=2", "tqdm"],
     # transformers: the tests train real Hugging Face model classes built from small configs.
     extras_require={"dev": ["pytest", "transformers"]},
     entry_points={"console_scripts": ["zerolib=zerolib.cli:main"]},
