@@ -11,7 +11,7 @@ Memory columns, per rank:
 - RSS growth: how much the process's resident set grew while the variant was built and warmed
   up. Variants share a process, so this is only indicative (the allocator reuses freed pages).
 
-Usage: PYTHONPATH=. python benchmarks/bench_zero3.py [--sizes floor,10M,40M] [--steps 10] [--quick]
+Usage: PYTHONPATH=. python benchmarks/bench_zero3.py [--sizes floor,10M,40M] [--steps N] [--quick]
 """
 from __future__ import annotations
 
@@ -50,6 +50,7 @@ class Setting:
     n_head: int
     batch: int  # sequences per rank per step
     seq: int  # tokens per sequence
+    default_steps: int  # timed rounds when --steps is not given: more where steps are short and noisy
 
     def model(self) -> GPT:
         torch.manual_seed(0)  # every variant starts from the same weights
@@ -61,10 +62,10 @@ class Setting:
 
 SETTINGS = {
     # The overhead floor: 3.44M parameters (vocab 256), one 32-token sequence per rank.
-    "floor": Setting("floor", n_layer=6, n_embd=216, n_head=6, batch=1, seq=32),
-    "10M": Setting("10M", n_layer=6, n_embd=384, n_head=6, batch=2, seq=128),
-    "40M": Setting("40M", n_layer=8, n_embd=640, n_head=10, batch=1, seq=128),
-    "quick": Setting("quick", n_layer=2, n_embd=64, n_head=2, batch=1, seq=16),
+    "floor": Setting("floor", n_layer=6, n_embd=216, n_head=6, batch=1, seq=32, default_steps=40),
+    "10M": Setting("10M", n_layer=6, n_embd=384, n_head=6, batch=2, seq=128, default_steps=15),
+    "40M": Setting("40M", n_layer=8, n_embd=640, n_head=10, batch=1, seq=64, default_steps=15),
+    "quick": Setting("quick", n_layer=2, n_embd=160, n_head=2, batch=1, seq=16, default_steps=2),
 }
 
 
@@ -206,7 +207,8 @@ def rank_main(rank: int, port: int, args: argparse.Namespace) -> None:
         print(f"DeepSpeed ZeRO-3: {'skipped: ' + skip_reason if skip_reason else 'included'}")
     try:
         for name in args.sizes:
-            rows = measure(SETTINGS[name], args.steps, args.warmup, with_deepspeed=skip_reason is None)
+            setting = SETTINGS[name]
+            rows = measure(setting, args.steps or setting.default_steps, args.warmup, with_deepspeed=skip_reason is None)
             if rank == 0:
                 print_table(SETTINGS[name], rows)
                 print_ratios(SETTINGS[name], rows)
@@ -219,7 +221,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="floor,10M,40M",
                         help=f"comma-separated settings among {', '.join(SETTINGS)} (default: floor,10M,40M)")
-    parser.add_argument("--steps", type=int, default=10, help="timed rounds (each steps every variant once)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="timed rounds, each stepping every variant once (default: 40 at the floor, 15 otherwise)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed rounds before the timed ones")
     parser.add_argument("--quick", action="store_true", help="smoke mode: the tiny model, 2 steps, no DeepSpeed")
     args = parser.parse_args(argv)
@@ -229,7 +232,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     unknown = [s for s in args.sizes if s not in SETTINGS]
     if unknown:
         parser.error(f"--sizes: unknown setting(s) {', '.join(unknown)}; choose among {', '.join(SETTINGS)}")
-    if args.steps < 1 or args.warmup < 0:
+    if (args.steps is not None and args.steps < 1) or args.warmup < 0:
         parser.error(f"--steps must be >= 1 and --warmup >= 0 (got {args.steps} and {args.warmup})")
     return args
 

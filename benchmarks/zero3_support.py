@@ -103,11 +103,21 @@ def build_zerolib(model: nn.Module, name: str, micro_batch: int, prefetch_numel:
         stats = engine.comm_stats()
         sent = sum(kind["bytes"] for kind in stats.values())
         calls = sum(kind["calls"] for kind in stats.values())
-        peak = engine.stage3.coordinator.peak_live_numel
-        return f"{calls:.0f} collectives, {sent / 2**20:.1f} MiB sent since reset; peak gathered {peak / 1e6:.2f}M elements"
+        steps = max(1, engine.global_steps - steps_at_reset[0])
+        store = engine.stage3.store
+        partitioned = sum(b.padded_numel for b in store.layout.buffers if b.index not in store.replicated)
+        peak = engine.stage3.coordinator.peak_live_numel  # since the engine was built
+        peak_mib = peak * store.dtype.itemsize / 2**20
+        return (f"{calls / steps:.0f} collectives and {sent / steps / 2**20:.1f} MiB sent per step; peak gathered "
+                f"{peak_mib:.1f} MiB = {peak / max(1, partitioned):.0%} of the partitioned parameters")
 
-    return Variant(name, run_step, lambda: sum(engine.memory_breakdown().values()), describe,
-                   engine.reset_comm_stats)
+    steps_at_reset = [0]
+
+    def reset_counters():
+        engine.reset_comm_stats()
+        steps_at_reset[0] = engine.global_steps
+
+    return Variant(name, run_step, lambda: sum(engine.memory_breakdown().values()), describe, reset_counters)
 
 
 def deepspeed_unavailable_reason() -> str | None:
