@@ -130,8 +130,8 @@ def measure(setting: Setting, steps: int, warmup: int, with_deepspeed: bool) -> 
             for variant, _ in built:
                 variant.reset_counters()
         idx, targets = batch_for(setting, round_index + 1)
-        # Rotate which variant starts the round, so that none always pays for being first after
-        # the barrier-free gap between rounds (new batch, allocator warm-up).
+        # Rotate which variant starts the round, so that none is always the one that runs right
+        # after a new batch is drawn.
         order = built[round_index % len(built):] + built[:round_index % len(built)]
         for variant, _ in order:
             seconds, cpu_seconds = timed_step(variant, idx, targets)
