@@ -15,19 +15,18 @@ CASES += [(3, "bf16", "frozen"), (1, "fp16", "frozen")]
 
 
 def resume_case(stage: int, dtype: str, kind: str, root: str, world_size: int) -> dict:
+    """One run saves at step K and goes on to 2K (saving must not perturb it); a fresh engine
+    with other weights and another RNG seed loads step K and trains to 2K as well."""
     import torch
 
     data = batches(world_size, 2 * K)
     engine = make_engine(stage, dtype, kind=kind)
     torch.manual_seed(100 + rank())
-    uninterrupted = train(engine, data, range(2 * K))
+    uninterrupted = train(engine, data, range(K))
+    engine.save_checkpoint(root, client_state={"epoch": 3, "note": "half way", "t": torch.arange(3)})
+    uninterrupted += train(engine, data, range(K, 2 * K))
     want = {"weights": engine.full_state_dict(), "scale": engine.loss_scaler and engine.loss_scaler.scale,
             "lr": engine.get_lr()}
-
-    engine = make_engine(stage, dtype, kind=kind)
-    torch.manual_seed(100 + rank())
-    train(engine, data, range(K))
-    engine.save_checkpoint(root, client_state={"epoch": 3, "note": "half way", "t": torch.arange(3)})
     del engine
 
     engine = make_engine(stage, dtype, seed=7, kind=kind)  # other initial weights: the load must replace them
