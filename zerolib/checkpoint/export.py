@@ -82,8 +82,8 @@ def export(ckpt_dir, out_dir, tag: str | None = None, dtype: str = "fp32", safet
         raise CheckpointError("--safetensors needs the 'safetensors' package (pip install zerolib[safetensors])")
     max_bytes = max_shard_size if isinstance(max_shard_size, int) else parse_size(max_shard_size)
     torch_dtype = DTYPES[dtype]
-    # Half the shard size of mapped pages may stay resident while the shard itself is built.
-    reader = open_checkpoint(ckpt_dir, tag, byte_budget=max(1, max_bytes // 2))
+    # A quarter of the shard size of mapped source pages may stay resident beside the shard.
+    reader = open_checkpoint(ckpt_dir, tag, byte_budget=max(1, max_bytes // 4))
     plan = plan_shards(reader, torch_dtype, max_bytes, copies_aliases=safetensors)
     stem, suffix = ("model", ".safetensors") if safetensors else ("pytorch_model", ".bin")
     out = Path(out_dir)
