@@ -1,14 +1,8 @@
 """A rank dies while writing its file of a new checkpoint: ``latest`` still names the previous
 tag, which loads and trains on; the half-written tag has no manifest and is never read."""
-import multiprocessing as mp
 import os
-import tempfile
-from pathlib import Path
-
-import pytest
 
 from ckpt_cases import batches, make_engine, train
-from harness import free_port, run_ranks
 from zerolib.checkpoint import consolidate
 
 CRASH_STATUS = 17
@@ -52,26 +46,11 @@ def resume_after_crash(root: str) -> dict:
     path, _ = engine.load_checkpoint(root)
     loaded = engine.full_state_dict()
     losses = train(engine, batches(2, 2), range(1, 2))
-    return {"path": path, "steps_at_load": 1, "loaded": loaded, "losses": losses, "steps": engine.global_steps}
+    return {"path": path, "loaded": loaded, "losses": losses, "steps": engine.global_steps}
 
 
-@pytest.fixture(scope="module")
-def crashed():
-    with tempfile.TemporaryDirectory() as root:
-        ctx = mp.get_context("spawn")
-        port = free_port()
-        procs = [ctx.Process(target=crashing_rank, args=(r, 2, port, root)) for r in range(2)]
-        for proc in procs:
-            proc.start()
-        for proc in procs:
-            proc.join(timeout=240)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
-        yield {"root": Path(root), "codes": [p.exitcode for p in procs], "resumed": run_ranks(resume_after_crash, 2, root)}
-
-
-def test_a_rank_died_while_writing(crashed):
+def test_a_rank_died_while_writing(two_ranks):
+    crashed = two_ranks["crash"]
     assert crashed["codes"][1] == CRASH_STATUS, crashed["codes"]
     assert crashed["codes"][0] != 0, "rank 0 must not report success for a checkpoint its peer never wrote"
     broken = crashed["root"] / "broken"
@@ -80,9 +59,9 @@ def test_a_rank_died_while_writing(crashed):
     assert (crashed["root"] / "latest").read_text() == "good"
 
 
-def test_previous_checkpoint_loads_and_training_goes_on(crashed):
-    want = consolidate(crashed["root"], "good")
-    for got in crashed["resumed"]:
+def test_previous_checkpoint_loads_and_training_goes_on(two_ranks):
+    want = consolidate(two_ranks["crash"]["root"], "good")
+    for got in two_ranks["crash"]["resumed"]:
         assert got["path"].endswith("good")
         assert all(got["loaded"][name].equal(want[name]) for name in got["loaded"])
         assert got["steps"] == 2 and all(loss == loss for loss in got["losses"])

@@ -5,14 +5,12 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
 from ckpt_cases import MODEL, batches, engine_config, error_text, make_engine, train
-from harness import run_ranks
 from zerolib.checkpoint import CheckpointError, consolidate
 from zerolib.checkpoint.storage import file_digest, load_tensors
 from zerolib.models import GPT, GPTConfig
@@ -82,11 +80,8 @@ def safety_run(root: str, marker: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def run():
-    with tempfile.TemporaryDirectory() as root:
-        marker = f"{root}/pwned"
-        ranks = run_ranks(safety_run, 2, root, marker)
-        yield {"root": root, "marker": marker, "ranks": ranks}
+def run(two_ranks):
+    return two_ranks["safety"]
 
 
 def test_different_model_names_the_tensor_and_both_shapes(run):
