@@ -49,6 +49,13 @@ def _corrupt_copies(root: str, marker: str) -> None:
     write_malicious_rank_file(Path(root) / "evil" / "global_step2", "rank00000.pt", marker)
 
 
+def _partial_load(directory: str, **options) -> dict:
+    engine = make_engine(3, "bf16", seed=4, kind="frozen")
+    engine.load_checkpoint(directory, **options)
+    return {"values": engine.full_state_dict(), "steps": engine.global_steps, "lr": engine.get_lr(),
+            "optimizer_state": len(engine.optimizer.state)}
+
+
 def safety_run(root: str, marker: str) -> dict:
     import zerolib
     from support.models import build
@@ -57,7 +64,10 @@ def safety_run(root: str, marker: str) -> dict:
     train(engine, batches(2, 2), range(2))
     engine.save_checkpoint(f"{root}/good")
     engine.save_16bit_model(f"{root}/sixteen")
-    result = {"values": engine.full_state_dict()}
+    result = {"values": engine.full_state_dict(), "lr": engine.get_lr()}
+    result["partial_loads"] = {
+        "module_only": _partial_load(f"{root}/good", load_module_only=True),
+        "no_optimizer": _partial_load(f"{root}/good", load_optimizer_states=False, load_lr_scheduler_states=False)}
     result["no_gather_flag"] = error_text(lambda: make_engine(3, "bf16").save_16bit_model(f"{root}/refused"))
     if engine.comm.rank == 0:
         _corrupt_copies(root, marker)
@@ -173,3 +183,13 @@ def test_save_16bit_model(run):
         assert state[name].dtype == torch.bfloat16 and torch.equal(state[name], value.to(torch.bfloat16)), name
     for got in run["ranks"]:
         assert "stage3_gather_16bit_weights_on_model_save" in got["no_gather_flag"], got["no_gather_flag"]
+
+
+def test_partial_loads(run):
+    for got in run["ranks"]:
+        module_only, no_optimizer = got["partial_loads"]["module_only"], got["partial_loads"]["no_optimizer"]
+        for loaded in (module_only, no_optimizer):
+            assert all(torch.equal(loaded["values"][n], v) for n, v in got["values"].items())
+            assert loaded["optimizer_state"] == 0, "optimizer state was loaded though not asked for"
+        assert module_only["steps"] == 0 and no_optimizer["steps"] == 2
+        assert no_optimizer["lr"] != got["lr"], "the schedule was loaded though not asked for"

@@ -46,7 +46,7 @@ def _verify_files(comm, reader: CheckpointReader) -> None:
     """Every file hashed once across the ranks; any bad file fails every rank, named."""
     bad = reader.verify_share(comm.rank, comm.world_size)
     names = sorted(reader.manifest["files"])
-    worst = torch.tensor([names.index(bad[0]) if bad else -1], dtype=torch.int64)
+    worst = torch.tensor([names.index(bad[0]) if bad else -1], dtype=torch.int64, device=comm.device)
     comm.all_reduce(worst, torch.distributed.ReduceOp.MAX)
     if bad is not None:
         raise CheckpointError(bad[1])
@@ -107,6 +107,8 @@ def load_checkpoint(engine, load_dir, tag: str | None = None, load_optimizer_sta
     Returns ``(checkpoint path, client_state)``. The checkpoint may come from another world size
     or stage. ``load_module_only`` loads weights only (no optimizer, schedule, scaler, counters, RNG).
     """
+    if engine.optimizer is None:
+        raise ValueError("load_checkpoint needs an optimizer: add an 'optimizer' block to the config")
     directory = resolve_directory(load_dir, tag)
     reader = CheckpointReader(directory)
     match_model(reader.manifest, engine_places(engine), directory)

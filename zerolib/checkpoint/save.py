@@ -42,9 +42,9 @@ def _param_groups(optimizer) -> list[dict]:
 def _rank_payload(engine, client_state) -> tuple[dict, dict]:
     """This rank's file contents, and the optimizer state keys (for the manifest)."""
     optimizer, rank = engine.optimizer, engine.comm.rank
-    groups = {}
-    states, state_keys = _split_state(optimizer)
+    groups, state_keys = {}, {}
     if rank < optimizer.layout.num_shards:  # stage 0 keeps one copy: rank 0 writes it
+        states, state_keys = _split_state(optimizer)
         # clone(): a slice saved as-is would drag its whole flat buffer into the file
         groups[TRAINABLE] = {"values": [m.detach().clone() for m in optimizer.master], "state": states}
     if engine.stage3 is not None and engine.stage3.frozen_store is not None:
@@ -69,8 +69,8 @@ def _rank_payload(engine, client_state) -> tuple[dict, dict]:
 
 def _gather_file_records(comm, digest: str, size: int) -> dict:
     """``{file name: {"sha256", "bytes"}}`` for every rank, on every rank."""
-    mine = torch.tensor([size] + list(bytes.fromhex(digest)), dtype=torch.int64)
-    every = torch.empty(comm.world_size * mine.numel(), dtype=torch.int64)
+    mine = torch.tensor([size] + list(bytes.fromhex(digest)), dtype=torch.int64, device=comm.device)
+    every = torch.empty(comm.world_size * mine.numel(), dtype=torch.int64, device=comm.device)
     comm.all_gather_into(every, mine)
     records = {}
     for rank, row in enumerate(every.view(comm.world_size, -1).tolist()):
