@@ -91,16 +91,17 @@ def parameter_aliases(module: torch.nn.Module) -> dict[str, str]:
 
 def build_manifest(engine, tag: str, files: dict, state_keys: dict) -> dict:
     """The JSON manifest rank 0 writes after every rank's file is on disk."""
+    layouts = engine_layouts(engine)
     groups = {group: {"num_shards": layout.num_shards,
                       "buffers": [{"padded_numel": b.padded_numel, "shard_numel": b.shard_numel}
                                   for b in layout.buffers]}
-              for group, layout in engine_layouts(engine).items()}
+              for group, layout in layouts.items()}
     tensors = {}
     for name, place in engine_places(engine).items():
         entry = {"shape": list(place.shape), "dtype": dtype_name(place.dtype), "requires_grad": place.requires_grad,
                  "kind": "buffer" if place.is_buffer else "parameter", "group": place.group}
         if place.group != WHOLE:
-            spec = engine_layouts(engine)[place.group].buffers[place.buffer]
+            spec = layouts[place.group].buffers[place.buffer]
             entry.update(buffer=place.buffer, offset=place.offset, buffer_padded_numel=spec.padded_numel,
                          shard_numel=spec.shard_numel)
         tensors[name] = entry

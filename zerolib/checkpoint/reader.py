@@ -10,10 +10,9 @@ from pathlib import Path
 
 import torch
 
-from zerolib.checkpoint.manifest import WHOLE, parse_dtype
+from zerolib.checkpoint.manifest import WHOLE, check_manifest, parse_dtype
 from zerolib.checkpoint.storage import (MANIFEST_FILE, CheckpointError, check_tag, load_tensors, rank_file_name,
                                         read_json, read_latest, verify_file)
-from zerolib.checkpoint.manifest import check_manifest
 
 VALUES = "values"
 
