@@ -66,7 +66,6 @@ IGNORED: tuple[str, ...] = (
     # Unused parameters need no flag: buffers without gradients reduce zeros.
     "zero_optimization.ignore_unused_parameters",
     "zero_optimization.sub_group_size",
-    "zero_optimization.stage3_gather_16bit_weights_on_model_save",
     "fp16.auto_cast",
     "optimizer.params.torch_adam",
     "dump_state",

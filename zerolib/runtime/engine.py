@@ -248,6 +248,24 @@ class ZeroEngine:
         """Bytes of model state this rank holds: params, grads, master, optimizer_state."""
         return unique_storage_bytes(self.optimizer.storage_by_kind())
 
+    # -- checkpoints (zerolib.checkpoint; imported here so the engine does not depend on it) --
+    def save_checkpoint(self, save_dir, tag=None, client_state=None) -> str:
+        """Every rank writes its shard of ``save_dir/tag``; see docs/checkpoints.md."""
+        from zerolib.checkpoint import save_checkpoint
+        return save_checkpoint(self, save_dir, tag=tag, client_state=client_state)
+
+    def load_checkpoint(self, load_dir, tag=None, load_optimizer_states=True, load_lr_scheduler_states=True,
+                        load_module_only=False):
+        """``(path, client_state)`` after loading ``load_dir/tag`` (any world size or stage)."""
+        from zerolib.checkpoint import load_checkpoint
+        return load_checkpoint(self, load_dir, tag=tag, load_optimizer_states=load_optimizer_states,
+                               load_lr_scheduler_states=load_lr_scheduler_states, load_module_only=load_module_only)
+
+    def save_16bit_model(self, save_dir, save_filename="pytorch_model.bin") -> bool:
+        """Rank 0 writes the full 16-bit (working dtype) state dict to ``save_dir/save_filename``."""
+        from zerolib.checkpoint import save_16bit_model
+        return save_16bit_model(self, save_dir, save_filename)
+
 
 def initialize(model: torch.nn.Module, config) -> ZeroEngine:
     """Wraps ``model`` for ZeRO training; ``config`` is a dict, a JSON path or a ``ZeroConfig``."""

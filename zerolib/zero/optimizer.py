@@ -163,6 +163,10 @@ class ZeroOptimizer:
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state)
 
+    def publish_masters(self) -> None:
+        """Writes the (loaded) master slices into the working parameters on every rank."""
+        self._write_back()
+
     def refresh_master(self, index: int) -> None:
         """Re-reads buffer ``index``'s master slice from the (edited) working parameters."""
         if self.param_dtype != torch.float32:

@@ -1,0 +1,103 @@
+"""Saving: every rank writes its own file, rank 0 the manifest, and ``latest`` moves last.
+
+Order, so that a crash at any point leaves the previous checkpoint loadable:
+1. each rank writes ``rankNNNNN.pt`` atomically and computes its sha256;
+2. the digests are gathered and rank 0 writes ``manifest.json`` atomically;
+3. barrier: every file of the new tag is complete;
+4. rank 0 rewrites ``latest`` atomically; a final barrier lets every rank return together.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from zerolib.checkpoint.manifest import FROZEN, TRAINABLE, WHOLE, build_manifest, engine_places
+from zerolib.checkpoint.rng import capture_rng
+from zerolib.checkpoint.storage import (MANIFEST_FILE, check_tag, file_digest, rank_file_name, save_tensors,
+                                        write_json, write_latest)
+
+_DIGEST_BYTES = 32
+
+
+def _split_state(optimizer) -> tuple[list[dict], dict]:
+    """Per-buffer optimizer state as compact copies; keys sorted into elementwise and scalar."""
+    states, keys = [], {"elementwise": set(), "scalar": set()}
+    for index, master in enumerate(optimizer.master):
+        saved = {}
+        for key, value in optimizer.optimizer.state.get(master, {}).items():
+            if torch.is_tensor(value) and value.shape == master.shape and value.numel() > 1:
+                keys["elementwise"].add(key)
+            else:
+                keys["scalar"].add(key)
+            saved[key] = value.detach().clone() if torch.is_tensor(value) else value
+        states.append(saved)
+    return states, {kind: sorted(names) for kind, names in keys.items()}
+
+
+def _param_groups(optimizer) -> list[dict]:
+    return [{k: v for k, v in group.items() if k != "params"} for group in optimizer.optimizer.param_groups]
+
+
+def _rank_payload(engine, client_state) -> tuple[dict, dict]:
+    """This rank's file contents, and the optimizer state keys (for the manifest)."""
+    optimizer, rank = engine.optimizer, engine.comm.rank
+    groups, state_keys = {}, {}
+    if rank < optimizer.layout.num_shards:  # stage 0 keeps one copy: rank 0 writes it
+        states, state_keys = _split_state(optimizer)
+        # clone(): a slice saved as-is would drag its whole flat buffer into the file
+        groups[TRAINABLE] = {"values": [m.detach().clone() for m in optimizer.master], "state": states}
+    if engine.stage3 is not None and engine.stage3.frozen_store is not None:
+        store = engine.stage3.frozen_store
+        groups[FROZEN] = {"values": [store.shard_view(spec.index, store.shard).detach().clone()
+                                     for spec in store.layout.buffers]}
+    whole = {}
+    if rank == 0:
+        module_tensors = {**dict(engine.module.named_parameters()), **dict(engine.module.named_buffers())}
+        whole = {name: module_tensors[name].detach().clone() for name, place in engine_places(engine).items()
+                 if place.group == WHOLE}
+    payload = {
+        "rank": rank, "groups": groups, "whole": whole, "param_groups": _param_groups(optimizer),
+        "rng": capture_rng(), "client_state": client_state if client_state is not None else {},
+        "scaler": engine.loss_scaler.state_dict() if engine.loss_scaler is not None else None,
+        "scheduler": engine.lr_scheduler.state_dict() if engine.lr_scheduler is not None else None,
+        "counters": {"global_steps": engine.global_steps, "micro_steps": engine.micro_steps,
+                     "skipped_steps": engine.skipped_steps},
+    }
+    return payload, state_keys
+
+
+def _gather_file_records(comm, digest: str, size: int) -> dict:
+    """``{file name: {"sha256", "bytes"}}`` for every rank, on every rank."""
+    mine = torch.tensor([size] + list(bytes.fromhex(digest)), dtype=torch.int64, device=comm.device)
+    every = torch.empty(comm.world_size * mine.numel(), dtype=torch.int64, device=comm.device)
+    comm.all_gather_into(every, mine)
+    records = {}
+    for rank, row in enumerate(every.view(comm.world_size, -1).tolist()):
+        records[rank_file_name(rank)] = {"bytes": row[0], "sha256": bytes(row[1:1 + _DIGEST_BYTES]).hex()}
+    return records
+
+
+def save_checkpoint(engine, save_dir, tag: str | None = None, client_state: dict | None = None) -> str:
+    """Writes ``save_dir/tag`` (default ``global_step{N}``) on every rank; returns its path.
+
+    ``client_state`` may hold tensors, numbers, strings and containers of them (it is read
+    back with ``weights_only=True``).
+    """
+    if engine.optimizer is None:
+        raise ValueError("save_checkpoint needs an optimizer: add an 'optimizer' block to the config")
+    tag = check_tag(str(tag) if tag is not None else f"global_step{engine.global_steps}")
+    directory = Path(save_dir) / tag
+    directory.mkdir(parents=True, exist_ok=True)
+    payload, state_keys = _rank_payload(engine, client_state)
+    path = directory / rank_file_name(engine.comm.rank)
+    save_tensors(payload, path)
+    del payload
+    records = _gather_file_records(engine.comm, *file_digest(path))
+    if engine.comm.rank == 0:
+        write_json(build_manifest(engine, tag, records, state_keys), directory / MANIFEST_FILE)
+    engine.comm.barrier()
+    if engine.comm.rank == 0:
+        write_latest(Path(save_dir), tag)
+    engine.comm.barrier()
+    return str(directory)
