@@ -38,10 +38,6 @@ UNIMPLEMENTED: tuple[Unimplemented, ...] = (
     Unimplemented("zero_optimization.zero_quantized_gradients",
                   lambda c: c.zero_optimization.zero_quantized_gradients,
                   "ZeRO++ quantized gradients (qgZ) are not implemented yet in this version"),
-    Unimplemented("tensorboard.enabled", lambda c: c.tensorboard.enabled,
-                  "the TensorBoard monitor is not implemented yet in this version"),
-    Unimplemented("csv_monitor.enabled", lambda c: c.csv_monitor.enabled,
-                  "the CSV monitor is not implemented yet in this version"),
 )
 
 # Dotted key paths: accepted, never acted on. Delete an entry when zerolib starts using the key.
@@ -65,7 +61,9 @@ IGNORED: tuple[str, ...] = (
     "seed",
     "zero_allow_untested_optimizer",
     "zero_force_ds_cpu_optimizer",
-    "comms_logger",
+    # comms_logger prints per-kind totals every steps_per_print; not each call as issued.
+    "comms_logger.verbose",
+    "comms_logger.debug",
     # zerolib.checkpointing leaves buffers to PyTorch's allocator and does not time segments.
     "activation_checkpointing.contiguous_memory_optimization",
     "activation_checkpointing.number_checkpoints",
