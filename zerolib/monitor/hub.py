@@ -40,18 +40,20 @@ class MonitorHub:
                           "it will print nothing", UserWarning, stacklevel=3)
         self._process = psutil.Process()
         self._tokens = 0
-        self._window_start = time.perf_counter()
+        self._window_start: float | None = None  # set by the first forward: set-up is not a step
         self._phases_before: dict[str, float] = {}
         self._comm_at_step: dict = {}  # ledger at the last recorded step (per-step comm time)
         self._comm_at_print: dict = {}  # ledger at the last progress print (comms_logger, breakdown)
 
     def note_forward(self, args: tuple, kwargs: dict) -> None:
+        if self._window_start is None:
+            self._window_start = time.perf_counter()
         self._tokens += tokens_in(args, kwargs)
 
     def on_step(self, engine) -> None:
         """Records the optimizer step ``engine`` just took (call once per global step)."""
         now = time.perf_counter()
-        seconds, self._window_start = now - self._window_start, now
+        seconds, self._window_start = now - (self._window_start or now), now
         tokens, self._tokens = self._tokens * self.world_size, 0  # same batch shape on every rank
         comm_now = engine.comm_stats()
         comm_seconds = sum(s["seconds"] for s in ledger_delta(comm_now, self._comm_at_step).values())
