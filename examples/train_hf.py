@@ -12,7 +12,6 @@ bare random model trains too. Each rank draws its own random windows of ``--seq`
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -89,7 +88,7 @@ def main(argv=None) -> int:
 
     torch.manual_seed(args.seed)
     model = AutoModelForCausalLM.from_pretrained(args.model, torch_dtype=torch.float32)
-    config = DEFAULT_CONFIG if args.config is None else json.load(open(args.config))
+    config = args.config or DEFAULT_CONFIG  # a JSON path: zerolib reads it and names any bad key
     engine = zerolib.initialize(model, config)
     if args.checkpointing:
         enable_checkpointing(model, CheckpointOptions.from_config(engine.config))
