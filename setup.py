@@ -37,6 +37,7 @@ setup(
     # tqdm: the examples' progress bar (the field's standard one).
     install_requires=["torch>=2.4,<=2.13.0", "ninja", "numpy", "psutil", "py-cpuinfo", "pydantic>=2", "tqdm"],
     # transformers: the tests train real Hugging Face model classes built from small configs.
-    extras_require={"dev": ["pytest", "transformers"]},
+    # plot: `zerolib plot`; monitor: the tensorboard monitor (torch's writer needs the package).
+    extras_require={"dev": ["pytest", "transformers"], "plot": ["matplotlib"], "monitor": ["tensorboard"]},
     entry_points={"console_scripts": ["zerolib=zerolib.cli:main"]},
 )

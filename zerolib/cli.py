@@ -4,6 +4,7 @@
     zerolib config check FILE [...]  validate a DeepSpeed-style config   (zerolib.config.check)
     zerolib estimate [...]           memory estimates                    (zerolib.estimator)
     zerolib export [...]             checkpoint export                   (zerolib.checkpoint.export)
+    zerolib plot RUN_DIR [...]       PNG of a csv_monitor run            (zerolib.plot)
     zerolib [launch] [launcher options] script.py args...   (docs/launcher.md)
 
 Each subcommand's module is imported only when asked for, so a missing or broken optional
@@ -18,6 +19,7 @@ SUBCOMMANDS = {
     ("config", "check"): "zerolib.config.check",
     ("estimate",): "zerolib.estimator",
     ("export",): "zerolib.checkpoint.export",
+    ("plot",): "zerolib.plot",
 }
 NOT_AVAILABLE_STATUS = 2
 

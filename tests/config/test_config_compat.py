@@ -92,9 +92,6 @@ UNIMPLEMENTED_CASES = {
         "zero_optimization": {"stage": 3, "zero_hpz_partition_size": 2}},
     "zero_optimization.zero_quantized_gradients": {
         "zero_optimization": {"stage": 3, "zero_quantized_gradients": True}},
-    "activation_checkpointing": {"activation_checkpointing": {"cpu_checkpointing": True}},
-    "tensorboard.enabled": {"tensorboard": {"enabled": True}},
-    "csv_monitor.enabled": {"csv_monitor": {"enabled": True}},
 }
 
 

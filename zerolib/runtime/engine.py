@@ -8,6 +8,7 @@ import torch
 
 from zerolib.comm import CommContext
 from zerolib.config import ZeroConfig, load_config
+from zerolib.monitor import MonitorHub
 from zerolib.partition.materialize import MetaMaterializer, check_no_meta_buffers, is_on_meta
 from zerolib.runtime.lr_schedules import build_schedule
 from zerolib.runtime.optim_factory import build_optimizer
@@ -68,6 +69,7 @@ class ZeroEngine:
         self.skipped_steps = 0
         self.last_step: StepReport | None = None
         self._last_loss: torch.Tensor | None = None
+        self.monitor = MonitorHub(cfg, rank=self.comm.rank, world_size=self.comm.world_size)
 
     def _meta_materializer(self, model: torch.nn.Module) -> MetaMaterializer | None:
         """A model built under ``partitioned_init`` is filled buffer by buffer (stage 3 only)."""
@@ -135,6 +137,7 @@ class ZeroEngine:
         return self.forward(*args, **kwargs)
 
     def forward(self, *args, **kwargs):
+        self.monitor.note_forward(args, kwargs)
         with self.timers.phase("forward"):
             return self.module(*args, **kwargs)
 
@@ -163,6 +166,7 @@ class ZeroEngine:
             elif self.lr_scheduler is not None:
                 self.lr_scheduler.step()
             self.global_steps += 1
+            self.monitor.on_step(self)
             self._report_progress()
         self.micro_steps += 1
 
@@ -179,8 +183,17 @@ class ZeroEngine:
             parts.append(f"grad norm {self.last_step.grad_norm:.3f}")
         if self.config.wall_clock_breakdown:
             parts.append(self.timers.summary())
+            parts.append(self.monitor.comm_time_summary(self))
             self.timers.reset()
+            self.monitor.timers_were_reset()
         self.logger.info(" | ".join(parts))
+        for line in self.monitor.comm_log_lines(self):
+            self.logger.info(line)
+
+    @property
+    def last_loss(self) -> float | None:
+        """The loss of the last micro-batch passed to :meth:`backward` on this rank."""
+        return None if self._last_loss is None else self._last_loss.float().item()
 
     def get_lr(self) -> list[float]:
         return [group["lr"] for group in self.optimizer.optimizer.param_groups]

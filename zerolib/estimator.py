@@ -1,0 +1,230 @@
+"""Per-rank memory estimates: model states for ZeRO stages 0-3 (with offload) and activations.
+
+Model states follow what zerolib's engine holds (``engine.memory_breakdown()``), not only the
+ZeRO paper's formula: gradients are reduced into an **fp32** gradient shard, so 16-bit runs
+hold 4 bytes of gradient per owned element where the paper counts 2, and fp32 runs keep no
+separate master copy (the parameter shard is the master). Per rank, Ψ parameters, N ranks,
+p bytes per working parameter, K optimizer-state bytes per element (8 for Adam, 4 for SGD
+with momentum):
+
+=====  =====================  =========================================  ====================
+stage  params                 grads                                      master + optimizer
+=====  =====================  =========================================  ====================
+0      pΨ                     pΨ (+ 4Ψ fp32 copy when p < 4)             (4 if p < 4) Ψ + KΨ
+1      pΨ                     pΨ (+ 4Ψ/N fp32 shard when p < 4)          ((4 if p < 4) + K)Ψ/N
+2      pΨ                     4Ψ/N                                       ((4 if p < 4) + K)Ψ/N
+3      pΨ/N (+ pΨ_small)      4Ψ/N                                       ((4 if p < 4) + K)Ψ/N
+=====  =====================  =========================================  ====================
+
+Ψ_small: stage-3 parameters below ``stage3_param_persistence_threshold`` stay whole on every
+rank. Offload follows DeepSpeed's placement: ``offload_optimizer`` moves the fp32 gradient
+shard, the master and the optimizer state to CPU RAM (``nvme``: master and optimizer state to
+disk, gradients to RAM); ``offload_param`` (stage 3) moves the parameter shards to RAM or disk.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+
+PARAM_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+OFFLOAD_DEVICES = ("none", "cpu", "nvme")
+KINDS = ("params", "grads", "master", "optimizer_state")
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes per rank: ``by_kind`` (params, grads, master, optimizer_state, as
+    ``engine.memory_breakdown()`` names them), ``by_place`` (device, cpu, nvme) and, when the
+    activation shape was given, ``activations`` (bytes kept for backward on the device)."""
+
+    by_kind: dict[str, int]
+    by_place: dict[str, int]
+    activations: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def model_states(self) -> int:
+        return sum(self.by_kind.values())
+
+
+def optimizer_state_bytes(optimizer: str, momentum: float = 0.0) -> int:
+    """K: bytes of optimizer state per fp32 element (exp_avg + exp_avg_sq for Adam)."""
+    name = optimizer.lower()
+    if name in ("adam", "adamw", "cpuadam", "fusedadam"):
+        return 8
+    if name == "sgd":
+        return 4 if momentum else 0
+    raise ValueError(f"estimate: unknown optimizer {optimizer!r}; known: Adam, AdamW, SGD")
+
+
+def _check(num_params: int, num_procs: int, stage: int, dtype: str, offload_optimizer: str, offload_param: str):
+    if num_params < 1:
+        raise ValueError(f"estimate: model params must be >= 1, got {num_params}")
+    if num_procs < 1:
+        raise ValueError(f"estimate: num_procs must be >= 1, got {num_procs}")
+    if stage not in (0, 1, 2, 3):
+        raise ValueError(f"estimate: stage must be 0, 1, 2 or 3, got {stage}")
+    if dtype not in PARAM_BYTES:
+        raise ValueError(f"estimate: dtype must be one of {sorted(PARAM_BYTES)}, got {dtype!r}")
+    for key, value in (("offload_optimizer", offload_optimizer), ("offload_param", offload_param)):
+        if value not in OFFLOAD_DEVICES:
+            raise ValueError(f"estimate: {key} must be one of {OFFLOAD_DEVICES}, got {value!r}")
+    if offload_optimizer != "none" and stage == 0:
+        raise ValueError("estimate: offload_optimizer needs stage 1, 2 or 3 (as in DeepSpeed)")
+    if offload_param != "none" and stage != 3:
+        raise ValueError("estimate: offload_param needs stage 3 (only stage 3 partitions parameters)")
+
+
+def _components(psi: int, n: int, stage: int, p: int, k: int, persistent: int) -> list[tuple[str, str, float]]:
+    """(kind, part, bytes): the pieces of model state one rank holds."""
+    owned = psi if stage == 0 else psi / n  # elements of fp32 master/optimizer state per rank
+    mixed = p < 4
+    small = min(persistent, psi) if stage == 3 else psi
+    parts = [("params", "working", p * (small + (psi - small) / n))]
+    if stage < 2:  # autograd accumulates into full buffers; fp32 runs use them as the shard
+        parts.append(("grads", "full", p * psi))
+    if stage >= 2 or mixed:
+        parts.append(("grads", "fp32 shard", 4 * owned))
+    if mixed:
+        parts.append(("master", "fp32", 4 * owned))
+    parts.append(("optimizer_state", "fp32", k * owned))
+    return parts
+
+
+def _place(kind: str, part: str, offload_optimizer: str, offload_param: str) -> str:
+    if kind == "params":
+        return "device" if offload_param == "none" else offload_param
+    if kind == "grads":  # the fp32 shard goes with the optimizer, to RAM even for nvme
+        return "cpu" if part == "fp32 shard" and offload_optimizer != "none" else "device"
+    return "device" if offload_optimizer == "none" else offload_optimizer
+
+
+def model_state_bytes(num_params: int, *, num_procs: int, stage: int, dtype: str = "fp32",
+                      optimizer_bytes: int = 8, persistent_params: int = 0,
+                      offload_optimizer: str = "none", offload_param: str = "none") -> MemoryEstimate:
+    """Model-state bytes per rank for ``num_params`` trainable parameters (see module docstring).
+
+    ``persistent_params``: stage-3 parameters kept whole (below the persistence threshold)."""
+    _check(num_params, num_procs, stage, dtype, offload_optimizer, offload_param)
+    by_kind = dict.fromkeys(KINDS, 0.0)
+    by_place = {"device": 0.0, "cpu": 0.0, "nvme": 0.0}
+    for kind, part, nbytes in _components(num_params, num_procs, stage, PARAM_BYTES[dtype], optimizer_bytes,
+                                          persistent_params):
+        by_kind[kind] += nbytes
+        by_place[_place(kind, part, offload_optimizer, offload_param)] += nbytes
+    notes = []
+    if offload_param != "none":
+        notes.append("offload_param: a block's gathered parameters still occupy the device while it runs "
+                     "(at most stage3_max_live_parameters elements)")
+    return MemoryEstimate({k: round(v) for k, v in by_kind.items()}, {k: round(v) for k, v in by_place.items()},
+                          notes=notes)
+
+
+def activation_bytes(*, batch: int, seq: int, hidden: int, layers: int, dtype: str = "bf16",
+                     heads: int | None = None, checkpointing: bool = False) -> int:
+    """Activation bytes kept for backward by a transformer's ``layers`` blocks on one rank.
+
+    Per block, Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer
+    Models") count ``s·b·h·(34 + 5·a·s/h)`` bytes with 16-bit activations, the second term being
+    the attention scores; give ``heads`` only when the attention stores them (no fused/SDPA
+    attention). fp32 doubles it. With checkpointing every block keeps only its input
+    (``s·b·h`` elements) and one block at a time is recomputed in full during backward.
+    Logits and the loss (``s·b·vocab``) come on top and are not counted.
+    """
+    for key, value in (("batch", batch), ("seq", seq), ("hidden", hidden), ("layers", layers)):
+        if value < 1:
+            raise ValueError(f"estimate: {key} must be >= 1, got {value}")
+    if dtype not in PARAM_BYTES:
+        raise ValueError(f"estimate: dtype must be one of {sorted(PARAM_BYTES)}, got {dtype!r}")
+    scale = PARAM_BYTES[dtype] / 2
+    tokens_x_hidden = seq * batch * hidden
+    scores = 5 * heads * seq / hidden if heads else 0.0
+    per_block = tokens_x_hidden * (34 + scores) * scale
+    if not checkpointing:
+        return round(layers * per_block)
+    return round(layers * tokens_x_hidden * PARAM_BYTES[dtype] + per_block)
+
+
+def _model_shape(model) -> tuple[int | None, int | None]:
+    """(hidden, layers) from a zerolib GPT or Hugging Face config, when it has them."""
+    config = getattr(model, "config", None)
+    hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None)
+    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None)
+    return hidden, layers
+
+
+def estimate(model, config, *, num_procs: int = 1, seq: int | None = None,
+             checkpointing: bool = False) -> MemoryEstimate:
+    """Per-rank estimate for training ``model`` with ``config`` (dict, JSON path or ZeroConfig)
+    on ``num_procs`` ranks. With ``seq``, activations for the config's micro-batch too (hidden
+    size and layer count read from ``model.config``)."""
+    from zerolib.config import load_config  # the CLI path needs no config parsing
+
+    cfg = load_config(config, world_size=num_procs, model=model, check_implemented=False)
+    zero = cfg.zero_optimization
+    dtype = "fp16" if cfg.fp16.enabled else "bf16" if cfg.bf16.enabled else "fp32"
+    trainable = [p.numel() for p in model.parameters() if p.requires_grad]
+    persistent = sum(n for n in trainable if n < zero.stage3_param_persistence_threshold)
+    optimizer = cfg.optimizer
+    k = optimizer_state_bytes(optimizer.type, getattr(optimizer.params, "momentum", 0.0)) if optimizer else 0
+    result = model_state_bytes(sum(trainable), num_procs=num_procs, stage=zero.stage, dtype=dtype,
+                               optimizer_bytes=k, persistent_params=persistent,
+                               offload_optimizer=zero.offload_optimizer.device, offload_param=zero.offload_param.device)
+    if seq is None:
+        return result
+    hidden, layers = _model_shape(model)
+    if hidden is None or layers is None:
+        raise ValueError("estimate: seq was given but model.config has no hidden_size/n_embd and "
+                         "num_hidden_layers/n_layer; use activation_bytes(...) directly")
+    acts = activation_bytes(batch=cfg.train_micro_batch_size_per_gpu, seq=seq, hidden=hidden, layers=layers,
+                            dtype=dtype, checkpointing=checkpointing)
+    return MemoryEstimate(result.by_kind, result.by_place, acts, result.notes)
+
+
+def _gib(nbytes: float) -> str:
+    return f"{nbytes / 2**30:.3f} GiB"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="zerolib estimate", description="Per-rank memory estimate.")
+    parser.add_argument("--model-params", "--model_params", type=float, required=True,
+                        help="trainable parameters (e.g. 7e9)")
+    parser.add_argument("--num_procs", "--num-procs", type=int, default=1, help="data-parallel ranks")
+    parser.add_argument("--stage", type=int, default=3, choices=(0, 1, 2, 3))
+    parser.add_argument("--dtype", default="bf16", choices=sorted(PARAM_BYTES))
+    parser.add_argument("--optimizer", default="adam", help="adam, adamw or sgd (sgd counted with momentum)")
+    parser.add_argument("--offload_optimizer", "--offload-optimizer", default="none", choices=OFFLOAD_DEVICES)
+    parser.add_argument("--offload_param", "--offload-param", default="none", choices=OFFLOAD_DEVICES)
+    for name in ("batch", "seq", "hidden", "layers", "heads"):
+        parser.add_argument(f"--{name}", type=int, default=None)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    """``zerolib estimate ...``: prints model-state and (with --batch/--seq/--hidden/--layers)
+    activation bytes per rank. Returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        result = model_state_bytes(int(args.model_params), num_procs=args.num_procs, stage=args.stage,
+                                   dtype=args.dtype, optimizer_bytes=optimizer_state_bytes(args.optimizer, 0.9),
+                                   offload_optimizer=args.offload_optimizer, offload_param=args.offload_param)
+        shape = (args.batch, args.seq, args.hidden, args.layers)
+        if any(v is not None for v in shape) and None in shape:
+            raise ValueError("estimate: activations need all of --batch, --seq, --hidden and --layers")
+        acts = None
+        if args.batch is not None:
+            acts = [activation_bytes(batch=args.batch, seq=args.seq, hidden=args.hidden, layers=args.layers,
+                                     dtype=args.dtype, heads=args.heads, checkpointing=c) for c in (False, True)]
+    except ValueError as error:
+        print(f"zerolib estimate: {error}")
+        return 2
+    print(f"per rank, {int(args.model_params):,} params, {args.num_procs} ranks, stage {args.stage}, {args.dtype}:")
+    for kind, nbytes in result.by_kind.items():
+        print(f"  {kind:<16} {_gib(nbytes)}")
+    print(f"  {'model states':<16} {_gib(result.model_states)}  "
+          + ", ".join(f"{place} {_gib(b)}" for place, b in result.by_place.items()))
+    if acts is not None:
+        print(f"  {'activations':<16} {_gib(acts[0])} ({_gib(acts[1])} with activation checkpointing)")
+    for note in result.notes:
+        print(f"  note: {note}")
+    return 0
