@@ -24,9 +24,6 @@ def _checkpointing_in_use(cfg: ZeroConfig) -> bool:
 
 # One row per feature; delete the row when the feature lands.
 UNIMPLEMENTED: tuple[Unimplemented, ...] = (
-    Unimplemented("zero_optimization.offload_optimizer.device",
-                  lambda c: c.zero_optimization.offload_optimizer.device != "none",
-                  "optimizer offload is not implemented yet in this version; use \"none\""),
     Unimplemented("zero_optimization.offload_param.device",
                   lambda c: c.zero_optimization.offload_param.device != "none",
                   "parameter offload is not implemented yet in this version; use \"none\""),
@@ -65,7 +62,6 @@ IGNORED: tuple[str, ...] = (
     "zero_optimization.allgather_partitions",
     # Unused parameters need no flag: buffers without gradients reduce zeros.
     "zero_optimization.ignore_unused_parameters",
-    "zero_optimization.sub_group_size",
     "zero_optimization.stage3_gather_16bit_weights_on_model_save",
     "fp16.auto_cast",
     "optimizer.params.torch_adam",
@@ -74,7 +70,8 @@ IGNORED: tuple[str, ...] = (
     "zero_allow_untested_optimizer",
     "zero_force_ds_cpu_optimizer",
     "comms_logger",
-    "aio",
+    # Swapped state always starts as zeros without a read (what fast_init speeds up).
+    "zero_optimization.offload_optimizer.fast_init",
     "wandb",
     "flops_profiler",
 )
