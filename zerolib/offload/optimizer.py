@@ -65,7 +65,6 @@ class OffloadAdam(torch.optim.Optimizer):
         # Host fp32 copies of offloaded masters; on a CPU device they are the masters themselves.
         self.host_masters = {t: self._to_host(masters[t]) for t in offloaded}
         self.swapper = swapper_factory([g.numel for g in self.sub_groups]) if swapper_factory else None
-        self._moments: dict[int, list[torch.Tensor]] = {}  # per sub-group, when not swapped
         on_device = [m for i, m in enumerate(masters) if i not in offloaded]
         if on_device and make_device_optimizer is None:
             raise ValueError("offload_optimizer.ratio < 1 needs an optimizer for the part kept on the device")
@@ -124,9 +123,11 @@ class OffloadAdam(torch.optim.Optimizer):
     def _acquire_moments(self, index: int, sub: SubGroup) -> list[torch.Tensor]:
         if self.swapper is not None:
             return self.swapper.acquire(index)
-        if index not in self._moments:
-            self._moments[index] = [torch.zeros(sub.numel, dtype=torch.float32) for _ in range(2)]
-        return self._moments[index]
+        state = self.state[self.masters[sub.tensor]]
+        if "exp_avg" not in state:  # torch's layout: whole-slice moments, stepped by sub-group views
+            host = self.host_masters[sub.tensor]
+            state["exp_avg"], state["exp_avg_sq"] = torch.zeros_like(host), torch.zeros_like(host)
+        return [state["exp_avg"][sub.lo:sub.hi], state["exp_avg_sq"][sub.lo:sub.hi]]
 
     def _publish_to_device(self, tensor: int) -> None:
         host, master = self.host_masters[tensor], self.masters[tensor]
@@ -166,33 +167,41 @@ class OffloadAdam(torch.optim.Optimizer):
         if self.swapper is not None:
             self.swapper.close()
 
+    def _on_device(self) -> list[int]:
+        return [i for i in range(len(self.masters)) if i not in self.host_masters]
+
     def state_dict(self) -> dict:
-        """torch's layout (``state[i]`` has step, exp_avg, exp_avg_sq), moments read back from swap;
-        the device-stepped part's own state under ``"device_optimizer"``."""
+        """torch's layout: ``state[i]`` has step, exp_avg and exp_avg_sq of master slice ``i``,
+        whether it is offloaded (moments read back from swap) or stepped on the device."""
         result = super().state_dict()
         for tensor, (exp_avg, exp_avg_sq) in self.moments().items():
             result["state"].setdefault(tensor, {}).update(exp_avg=exp_avg, exp_avg_sq=exp_avg_sq)
         if self.device_optimizer is not None:
-            result["device_optimizer"] = self.device_optimizer.state_dict()
+            inner = self.device_optimizer.state_dict()["state"]
+            for position, tensor in enumerate(self._on_device()):
+                if position in inner:
+                    result["state"][tensor] = dict(inner[position])
         return result
 
     def load_state_dict(self, state_dict: dict) -> None:
-        state_dict = dict(state_dict)
-        device_state = state_dict.pop("device_optimizer", None)
-        moments = {t: (s["exp_avg"], s["exp_avg_sq"]) for t, s in state_dict["state"].items() if "exp_avg" in s}
-        state_dict["state"] = {t: {"step": int(s["step"])} for t, s in state_dict["state"].items() if "step" in s}
-        super().load_state_dict(state_dict)
-        for master in self.masters:  # torch may load "step" as a tensor
+        """Loads :meth:`state_dict`'s layout (a torch.optim.AdamW state dict works too)."""
+        states = state_dict["state"]
+        if self.device_optimizer is not None:
+            inner = self.device_optimizer.state_dict()
+            inner["state"] = {p: states[t] for p, t in enumerate(self._on_device()) if t in states}
+            self.device_optimizer.load_state_dict(inner)
+        own = {t: {"step": int(s["step"])} for t, s in states.items() if t in self.host_masters and "step" in s}
+        super().load_state_dict({**state_dict, "state": own})
+        for master in self.masters:  # torch may keep "step" as a tensor
             if "step" in self.state[master]:
                 self.state[master]["step"] = int(self.state[master]["step"])
         for index, sub in enumerate(self.sub_groups):
-            if sub.tensor not in moments:
+            if "exp_avg" not in states.get(sub.tensor, {}):
                 continue
-            for target, source in zip(self._acquire_moments(index, sub), moments[sub.tensor]):
-                target.copy_(source.reshape(-1)[sub.lo:sub.hi])
+            source = (states[sub.tensor]["exp_avg"], states[sub.tensor]["exp_avg_sq"])
+            for target, value in zip(self._acquire_moments(index, sub), source):
+                target.copy_(value.reshape(-1)[sub.lo:sub.hi])
             if self.swapper is not None:
                 self.swapper.release(index)
         if self.swapper is not None:
             self.swapper.flush()
-        if device_state is not None and self.device_optimizer is not None:
-            self.device_optimizer.load_state_dict(device_state)

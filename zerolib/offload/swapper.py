@@ -5,14 +5,14 @@ Sub-group ``c`` holds ``tensors_per_group`` fp32 tensors of ``numels[c]`` elemen
 ``exp_avg`` and ``exp_avg_sq``), stored back to back in ``<nvme_path>/zerolib_rank<r>_<tag>_<id>_<c>.swp``.
 At most ``buffer_count`` sub-groups are resident at once: the one being stepped, the next one
 being read ahead, and ones whose write-back is still in flight. Files are removed by
-:meth:`close` (and at interpreter exit).
+:meth:`close`, when the swapper is garbage-collected, or at interpreter exit.
 """
 from __future__ import annotations
 
-import atexit
 import os
 import shutil
 import uuid
+import weakref
 from collections import deque
 from concurrent.futures import Future
 
@@ -55,8 +55,8 @@ class SubGroupSwapper:
         self._writing: deque[tuple[Future, torch.Tensor]] = deque()
         self._resident: dict[int, tuple[Future | None, torch.Tensor]] = {}
         self._on_disk: set[int] = set()
-        self._closed = False
-        atexit.register(self.close)
+        # Removes the files when the swapper is garbage-collected or the interpreter exits.
+        self._finalizer = weakref.finalize(self, _remove_files, self.io, list(self.paths))
 
     @property
     def resident_bytes(self) -> int:
@@ -121,14 +121,14 @@ class SubGroupSwapper:
 
     def close(self) -> None:
         """Waits for pending I/O and removes this rank's swap files."""
-        if self._closed:
-            return
-        self._closed = True
         for future, _ in list(self._writing) + [(f, b) for f, b in self._resident.values() if f is not None]:
             future.exception()
-        self.io.close()
-        for path in self.paths:
-            for name in (path, path + ".tmp"):
-                if os.path.exists(name):
-                    os.remove(name)
-        atexit.unregister(self.close)
+        self._finalizer()
+
+
+def _remove_files(io: AsyncFileIO, paths: list[str]) -> None:
+    io.close()
+    for path in paths:
+        for name in (path, path + ".tmp"):
+            if os.path.exists(name):
+                os.remove(name)
