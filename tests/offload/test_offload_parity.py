@@ -1,4 +1,5 @@
-"""ZeRO stages 1-3 with offload_optimizer cpu / nvme (and a partial ratio) against the same run
+"""ZeRO stages 1-3 with offload_optimizer cpu / nvme (and a partial ratio), and stage 3 with
+offload_param cpu (alone and with optimizer nvme), against the same run
 without offload and against plain PyTorch, on 2 ranks spawned once for the whole grid.
 
 Stated bounds: offload only swaps torch's fused AdamW for the native CPU Adam, which rounds
@@ -20,18 +21,24 @@ from support.parity import TOLERANCES, Case, assert_matches_reference, run_engin
 WORLD = 2
 STAGE3 = (("stage3_param_persistence_threshold", 100), ("stage3_prefetch_bucket_size", 10_000))
 OFFLOADS = {"none": None, "cpu": {"device": "cpu"}, "nvme": {"device": "nvme", "buffer_count": 3},
-            "cpu-ratio0.5": {"device": "cpu", "ratio": 0.5}}
+            "cpu-ratio0.5": {"device": "cpu", "ratio": 0.5}, "param-cpu": None, "param-cpu+nvme": None}
+PARAM_OFFLOADS = {"param-cpu": ("none", {"device": "cpu"}), "param-cpu+nvme": ("nvme", {"device": "cpu"})}
 
 
 def case_for(stage: int, dtype: str, offload: str, nvme_path: str) -> Case:
     extra = (("sub_group_size", 3000),) + (STAGE3 if stage == 3 else ())
+    if offload in PARAM_OFFLOADS:  # stage 3: shards on the host, optimizer as named
+        optimizer, param = PARAM_OFFLOADS[offload]
+        extra += (("offload_param", param),)
+        offload = optimizer
     if OFFLOADS[offload] is not None:
         extra += (("offload_optimizer", {**OFFLOADS[offload], "nvme_path": nvme_path}),)
     return Case(stage, dtype, gas=2, clip=0.05, steps=3, zero_extra=extra)
 
 
 GRID = [(stage, dtype, offload) for stage, dtype, offload in
-        itertools.product((1, 2, 3), ("fp32", "bf16"), OFFLOADS) if not (offload == "cpu-ratio0.5" and dtype == "bf16")]
+        itertools.product((1, 2, 3), ("fp32", "bf16"), OFFLOADS)
+        if not (offload == "cpu-ratio0.5" and dtype == "bf16") and not (offload.startswith("param") and stage < 3)]
 
 
 def run_grid(nvme_path: str) -> dict:

@@ -25,8 +25,9 @@ def _checkpointing_in_use(cfg: ZeroConfig) -> bool:
 # One row per feature; delete the row when the feature lands.
 UNIMPLEMENTED: tuple[Unimplemented, ...] = (
     Unimplemented("zero_optimization.offload_param.device",
-                  lambda c: c.zero_optimization.offload_param.device != "none",
-                  "parameter offload is not implemented yet in this version; use \"none\""),
+                  lambda c: c.zero_optimization.offload_param.device == "nvme",
+                  "parameter offload to nvme is not implemented yet in this version; use \"cpu\" "
+                  "or \"none\""),
     Unimplemented("zero_optimization.zero_quantized_weights",
                   lambda c: c.zero_optimization.zero_quantized_weights,
                   "ZeRO++ quantized weights (qwZ) are not implemented yet in this version"),

@@ -100,8 +100,11 @@ class ZeroEngine:
         if zero.stage < 3:
             return ZeroOptimizer(trainable, self.comm, settings, make_optimizer=make_optimizer,
                                  fp32_values=fp32_values, loss_scaler=self.loss_scaler)
+        offload_param = zero.offload_param  # cpu: shards live on the host between gathers
         self.stage3 = plan = plan_stage3(self.module, self.comm, settings, self.dtype, fill=self.materializer,
-                                          verify_order=cfg.comm.verify_module_order)
+                                          verify_order=cfg.comm.verify_module_order,
+                                          shard_device=torch.device("cpu") if offload_param.device == "cpu" else None,
+                                          pin_memory=offload_param.pin_memory)
         if self.materializer is not None:
             self.materializer.materialize_remaining()
         self._register_state_dict_hooks()
