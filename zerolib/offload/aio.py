@@ -18,6 +18,8 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -66,6 +68,16 @@ def supports_direct_io(directory: str) -> bool:
             os.remove(probe)
 
 
+@dataclass
+class IOStats:
+    """Bytes moved and the seconds transfers were under way (summed over jobs), for reports."""
+
+    bytes_read: int = 0
+    bytes_written: int = 0
+    read_seconds: float = 0.0
+    write_seconds: float = 0.0
+
+
 @dataclass(frozen=True)
 class AioSettings:
     """The `aio` config block, resolved (see zerolib.config.offload.AioConfig)."""
@@ -91,6 +103,8 @@ class AsyncFileIO:
         if not self.direct:
             get_logger().warning("offload: %s does not support O_DIRECT; using buffered I/O "
                                  "(swapped state may stay in the page cache)", directory)
+        self.stats = IOStats()
+        self._stats_lock = threading.Lock()  # jobs finish on several threads
         self._pool = ThreadPoolExecutor(max_workers=settings.thread_count, thread_name_prefix="zerolib-aio")
 
     def _flags(self, base: int) -> int:
@@ -98,11 +112,23 @@ class AsyncFileIO:
 
     def write(self, path: str, buffer: torch.Tensor, nbytes: int) -> Future:
         """Writes the first ``round_up(nbytes)`` bytes of aligned ``buffer`` to ``path``."""
-        return self._pool.submit(self._write, path, buffer, round_up(nbytes))
+        return self._pool.submit(self._timed, "write", self._write, path, buffer, round_up(nbytes))
 
     def read(self, path: str, buffer: torch.Tensor, nbytes: int) -> Future:
         """Reads ``round_up(nbytes)`` bytes of ``path`` into aligned ``buffer``."""
-        return self._pool.submit(self._read, path, buffer, round_up(nbytes))
+        return self._pool.submit(self._timed, "read", self._read, path, buffer, round_up(nbytes))
+
+    def _timed(self, kind: str, job, path: str, buffer: torch.Tensor, nbytes: int) -> None:
+        start = time.perf_counter()
+        job(path, buffer, nbytes)
+        elapsed = time.perf_counter() - start
+        with self._stats_lock:
+            if kind == "read":
+                self.stats.bytes_read += nbytes
+                self.stats.read_seconds += elapsed
+            else:
+                self.stats.bytes_written += nbytes
+                self.stats.write_seconds += elapsed
 
     def _write(self, path: str, buffer: torch.Tensor, nbytes: int) -> None:
         staging = path + ".tmp"
