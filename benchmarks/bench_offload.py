@@ -59,7 +59,7 @@ def train(mode: str, model_shape: dict, steps: int, nvme_path: str) -> dict:
     torch.set_num_threads(2)
     rss = PeakRss()
     start_rss = psutil.Process().memory_info().rss  # python + torch + zerolib, before any model
-    zero = {"stage": 3, "sub_group_size": 50_000_000, "stage3_param_persistence_threshold": 10_000}
+    zero = {"stage": 3, "sub_group_size": 10_000_000, "stage3_param_persistence_threshold": 10_000}
     if mode == "nvme":
         zero["offload_optimizer"] = {"device": "nvme", "nvme_path": nvme_path, "buffer_count": 3}
     config = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1, "steps_per_print": None,

@@ -165,3 +165,21 @@ def test_offload_adam_state_dict_round_trip(tmp_path):
     first.close()
     second.close()
     assert os.listdir(tmp_path) == []
+
+
+def test_offloading_a_non_adam_optimizer_is_refused_by_name():
+    from zerolib.config import load_config
+    from zerolib.offload import offload_optimizer_factory
+
+    config = load_config({"train_micro_batch_size_per_gpu": 1, "optimizer": {"type": "SGD", "params": {"lr": 0.1}},
+                          "zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}}})
+    with pytest.raises(ValueError, match=r"offload_optimizer: optimizer.type must be Adam or AdamW.*'SGD'"):
+        offload_optimizer_factory(config, 0, make_device_optimizer=None)
+
+
+def test_offload_param_nvme_is_still_rejected_clearly():
+    from zerolib.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"offload_param.device: parameter offload to nvme is not implemented"):
+        load_config({"train_micro_batch_size_per_gpu": 1, "optimizer": {"type": "AdamW"},
+                     "zero_optimization": {"stage": 3, "offload_param": {"device": "nvme", "nvme_path": "/tmp"}}})
