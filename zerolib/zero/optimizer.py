@@ -128,7 +128,8 @@ class ZeroOptimizer:
         for master, grad in zip(self.master, grads):
             if coef != 1.0:
                 grad.mul_(coef)
-            master.grad = grad
+            # offload: host masters (offload_param cpu without optimizer offload) take a host copy
+            master.grad = grad if grad.device == master.device else grad.to(master.device)
         self.optimizer.step()
         for master in self.master:
             master.grad = None
