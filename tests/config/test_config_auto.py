@@ -80,10 +80,9 @@ def test_hf_trainer_zero2_config_loads():
                for n in notes)
 
 
-def test_hf_trainer_zero3_config_loads_and_its_offload_is_reported_unimplemented():
+def test_hf_trainer_zero3_config_loads():
     config = _as_trainer_fills_it("hf_trainer_zero3.json")
-    with pytest.raises(ConfigError, match=r"^zero_optimization\.offload_optimizer\.device: optimizer offload is not implemented"):
-        load_config(config, world_size=2)
+    load_config(config, world_size=2)
     cfg, _ = load_with_warnings(config, world_size=2, model=_model(768), check_implemented=False)
     zero = cfg.zero_optimization
     assert zero.stage == 3 and zero.offload_param.device == "cpu"

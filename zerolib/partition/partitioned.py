@@ -21,8 +21,13 @@ class PartitionedParams:
     """Owns the shards of ``params``; gathers and releases full buffers on request."""
 
     def __init__(self, layout: FlatLayout, params: dict[str, torch.nn.Parameter], comm: CommContext, *,
-                 dtype: torch.dtype, replicated: frozenset[int] = frozenset(), fill: FillFn | None = None):
+                 dtype: torch.dtype, replicated: frozenset[int] = frozenset(), fill: FillFn | None = None,
+                 shard_device: torch.device | None = None, pin_memory: bool = False):
+        """``shard_device`` (offload_param): where partitioned shards live between gathers, e.g.
+        the host; each gather then copies the shard to ``comm.device`` first."""
         self.layout, self.params, self.comm, self.dtype = layout, params, comm, dtype
+        self.shard_device = torch.device(shard_device or comm.device)
+        self._pin = pin_memory and self.shard_device.type == "cpu" and torch.cuda.is_available()
         self.replicated = replicated
         self.shard = comm.rank
         fill = fill or self._fill_from_params
@@ -40,7 +45,8 @@ class PartitionedParams:
                 self.full[spec.index] = full
                 self._point_params_at(spec, full)
             else:
-                self.shards.append(full[lo:hi].clone())
+                shard = full[lo:hi].to(self.shard_device, copy=True)
+                self.shards.append(shard.pin_memory() if self._pin else shard)
                 self._point_params_at(spec, None)
 
     def _fill_from_params(self, spec: BufferSpec, full: torch.Tensor) -> None:
@@ -66,7 +72,10 @@ class PartitionedParams:
             return
         spec = self.layout.buffers[index]
         full = torch.empty(spec.padded_numel, dtype=self.dtype, device=self.comm.device)
-        pending = self.comm.all_gather_into(full, self.shards[index], async_op=True)
+        shard = self.shards[index]
+        if shard.device != full.device:  # offloaded shard: fetch it for the collective
+            shard = shard.to(full.device, non_blocking=True)
+        pending = self.comm.all_gather_into(full, shard, async_op=True)
         pending.on_done = lambda: self._install(index, full)
         self._pending[index] = pending
 

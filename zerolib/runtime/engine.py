@@ -9,6 +9,7 @@ import torch
 from zerolib.comm import CommContext
 from zerolib.config import ZeroConfig, load_config
 from zerolib.monitor import MonitorHub
+from zerolib.offload import offload_optimizer_factory
 from zerolib.partition.materialize import MetaMaterializer, check_no_meta_buffers, is_on_meta
 from zerolib.runtime.lr_schedules import build_schedule
 from zerolib.runtime.optim_factory import build_optimizer
@@ -96,11 +97,16 @@ class ZeroEngine:
             max_live_numel=int(zero.stage3_max_live_parameters),
             max_reuse_distance=int(zero.stage3_max_reuse_distance))
         make_optimizer = lambda tensors: build_optimizer(cfg.optimizer, tensors)  # noqa: E731
+        if zero.offload_optimizer.device != "none":  # ZeRO-Offload: see zerolib/offload
+            make_optimizer = offload_optimizer_factory(cfg, self.comm.rank, make_device_optimizer=make_optimizer)
         if zero.stage < 3:
             return ZeroOptimizer(trainable, self.comm, settings, make_optimizer=make_optimizer,
                                  fp32_values=fp32_values, loss_scaler=self.loss_scaler)
+        offload_param = zero.offload_param  # cpu: shards live on the host between gathers
         self.stage3 = plan = plan_stage3(self.module, self.comm, settings, self.dtype, fill=self.materializer,
-                                          verify_order=cfg.comm.verify_module_order)
+                                          verify_order=cfg.comm.verify_module_order,
+                                          shard_device=torch.device("cpu") if offload_param.device == "cpu" else None,
+                                          pin_memory=offload_param.pin_memory)
         if self.materializer is not None:
             self.materializer.materialize_remaining()
         self._register_state_dict_hooks()

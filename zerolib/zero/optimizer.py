@@ -74,6 +74,12 @@ class ZeroOptimizer:
                                        comm_dtype=settings.comm_dtype, overlap_comm=settings.overlap_comm,
                                        predivide_factor=settings.predivide_factor, on_reduced=on_buffer_reduced)
         self.optimizer = make_optimizer(self.master)
+        # -- offload hook: an offloaded optimizer (zerolib.offload.OffloadAdam) writes the 16-bit
+        # working slices in the same pass as the update, so _write_back must not copy them again.
+        self._optimizer_writes_params = getattr(self.optimizer, "writes_param_copies", False)
+        if self._optimizer_writes_params and self.param_dtype != torch.float32:
+            self.optimizer.set_param_copies([self.store.shard_view(spec.index, self.shard)
+                                             for spec in self.layout.buffers])
 
     @property
     def param_dtype(self) -> torch.dtype:
@@ -122,7 +128,8 @@ class ZeroOptimizer:
         for master, grad in zip(self.master, grads):
             if coef != 1.0:
                 grad.mul_(coef)
-            master.grad = grad
+            # offload: host masters (offload_param cpu without optimizer offload) take a host copy
+            master.grad = grad if grad.device == master.device else grad.to(master.device)
         self.optimizer.step()
         for master in self.master:
             master.grad = None
@@ -141,7 +148,7 @@ class ZeroOptimizer:
         return squares.sqrt().item()
 
     def _write_back(self) -> None:
-        if self.param_dtype != torch.float32:
+        if self.param_dtype != torch.float32 and not self._optimizer_writes_params:
             with torch.no_grad():
                 for spec, master in zip(self.layout.buffers, self.master):
                     self.store.shard_view(spec.index, self.shard).copy_(master)

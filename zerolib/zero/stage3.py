@@ -39,8 +39,11 @@ def _groups_by_unit(names: list[str], params: dict[str, nn.Parameter], owner: di
 
 
 def plan_stage3(module: nn.Module, comm: CommContext, settings: ZeroSettings, dtype: torch.dtype,
-                fill: FillFn | None = None, verify_order: bool = True) -> Stage3Plan:
-    """Partitions ``module``'s parameters (already on the device, in ``dtype``)."""
+                fill: FillFn | None = None, verify_order: bool = True, shard_device: torch.device | None = None,
+                pin_memory: bool = False) -> Stage3Plan:
+    """Partitions ``module``'s parameters (already on the device, in ``dtype``); ``shard_device``
+    and ``pin_memory`` place the shards for offload_param (see PartitionedParams)."""
+    placement = dict(shard_device=shard_device, pin_memory=pin_memory)
     unit_modules = find_unit_modules(module)
     owner = assign_params_to_units(module, unit_modules)
     params = dict(module.named_parameters())
@@ -56,7 +59,7 @@ def plan_stage3(module: nn.Module, comm: CommContext, settings: ZeroSettings, dt
     layout = FlatLayout(persistent_groups + [g for g in unit_groups if g], comm.world_size)
     trainable = {n: params[n] for n in persistent + sharded}
     store = PartitionedParams(layout, trainable, comm, dtype=dtype, fill=fill,
-                              replicated=frozenset(range(len(persistent_groups))))
+                              replicated=frozenset(range(len(persistent_groups))), **placement)
     unit_buffer = {}
     next_index = len(persistent_groups)
     for unit_index, group in enumerate(unit_groups):
@@ -68,7 +71,8 @@ def plan_stage3(module: nn.Module, comm: CommContext, settings: ZeroSettings, dt
     frozen_store, frozen_buffer = None, {}
     if frozen:
         frozen_layout = FlatLayout([g for g in frozen_groups if g], comm.world_size)
-        frozen_store = PartitionedParams(frozen_layout, {n: params[n] for n in frozen}, comm, dtype=dtype, fill=fill)
+        frozen_store = PartitionedParams(frozen_layout, {n: params[n] for n in frozen}, comm, dtype=dtype, fill=fill,
+                                         **placement)
         frozen_buffer = {u: i for i, u in enumerate(u for u, g in enumerate(frozen_groups) if g)}
 
     units = []
