@@ -60,7 +60,7 @@ def make_model(setting: Setting):
 def zero_config(stage: int, micro_batch: int) -> dict:
     return {"train_micro_batch_size_per_gpu": micro_batch, "gradient_accumulation_steps": 1,
             "optimizer": {"type": "AdamW", "params": {"lr": 1e-4, "weight_decay": 0.1}},
-            "gradient_clipping": 0.0, "steps_per_print": 0,
+            "gradient_clipping": 0.0, "steps_per_print": None,
             "zero_optimization": {"stage": stage, "overlap_comm": True,
                                   "reduce_bucket_size": 25_000_000, "allgather_bucket_size": 25_000_000}}
 

@@ -53,7 +53,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def load_json_config(path: str, steps: int) -> dict:
-    """The config file as a dict, with a schedule's ``total_num_steps`` set to ``--steps``.
+    """The config file as a dict, with a schedule's ``total_num_steps`` set to ``--steps``
+    (and its warm-up shortened to a tenth of a run shorter than it).
 
     A decaying schedule written for a different run length would otherwise stop decaying early
     or never reach its floor.
@@ -68,6 +69,9 @@ def load_json_config(path: str, steps: int) -> dict:
     params = (config.get("scheduler") or {}).get("params") or {}
     if "total_num_steps" in params:
         params["total_num_steps"] = steps
+        # Keep the warm-up inside a short run (the config rejects a warm-up past the end).
+        if params.get("warmup_num_steps", 0) > steps:
+            params["warmup_num_steps"] = max(1, steps // 10)
     return config
 
 

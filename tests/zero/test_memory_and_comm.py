@@ -78,7 +78,7 @@ def _config(case: Case) -> dict:
               "optimizer": {"type": "AdamW", "params": {"lr": 1e-3}}, "gradient_clipping": 1.0,
               "zero_optimization": {"stage": case.stage, "reduce_bucket_size": BUCKET_NUMEL,
                                     "allgather_bucket_size": BUCKET_NUMEL, "overlap_comm": True},
-              "steps_per_print": 0}
+              "steps_per_print": None}
     if case.dtype == "bf16":
         config["bf16"] = {"enabled": True}
     return config
