@@ -160,3 +160,17 @@ def assert_matches_reference(case: Case, world_size: int, ranks: list[dict]) -> 
         initial = {n: p.detach() for n, p in make_model(kind=case.model).named_parameters()}
         err = update_error(result["weights"], reference["weights"], initial)
         assert err <= tol["update"], f"{case.name} rank {rank}: weight update error {err:.3g} > {tol['update']}"
+
+
+class GridRuns:
+    """Runs a whole grid of cases once per world size (one spawn) and hands out per-case results."""
+
+    def __init__(self, cases: list[Case]):
+        self.cases, self._by_world = cases, {}
+
+    def ranks(self, case: Case, world_size: int) -> list[dict]:
+        from harness import run_ranks
+
+        if world_size not in self._by_world:
+            self._by_world[world_size] = run_ranks(run_cases, world_size, self.cases, world_size)
+        return [rank_results[case.name] for rank_results in self._by_world[world_size]]

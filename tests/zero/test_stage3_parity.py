@@ -6,8 +6,7 @@ import itertools
 
 import pytest
 
-from harness import run_ranks
-from support.parity import Case, assert_matches_reference, run_cases
+from support.parity import Case, GridRuns, assert_matches_reference
 
 MAX_LIVE = 40_000
 STAGE3 = (("stage3_param_persistence_threshold", 100), ("stage3_prefetch_bucket_size", 10_000),
@@ -17,20 +16,14 @@ CASES = [Case(3, dtype, gas, 0.05, model=model, zero_extra=STAGE3, steps=4) for 
 
 
 @pytest.fixture(scope="module")
-def grid_results():
-    results = {}
-
-    def for_world(world_size):
-        if world_size not in results:
-            results[world_size] = run_ranks(run_cases, world_size, CASES, world_size)
-        return results[world_size]
-    return for_world
+def grid():
+    return GridRuns(CASES)
 
 
 @pytest.mark.parametrize("world_size", [2, 4])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
-def test_stage3_matches_plain_pytorch(grid_results, case, world_size):
-    ranks = [rank_results[case.name] for rank_results in grid_results(world_size)]
+def test_stage3_matches_plain_pytorch(grid, case, world_size):
+    ranks = grid.ranks(case, world_size)
     assert_matches_reference(case, world_size, ranks)
     for rank, result in enumerate(ranks):
         assert result["peak_live_numel"] <= MAX_LIVE, f"rank {rank} gathered {result['peak_live_numel']} elements"

@@ -4,26 +4,19 @@ import itertools
 
 import pytest
 
-from harness import run_ranks
-from support.parity import Case, assert_matches_reference, run_cases
+from support.parity import Case, GridRuns, assert_matches_reference
 
 CASES = [Case(stage, dtype, gas, clip) for stage, dtype, gas, clip in
          itertools.product((0, 1, 2), ("fp32", "bf16", "fp16"), (1, 2), (0.0, 0.05))]
 
 
 @pytest.fixture(scope="module")
-def grid_results():
-    results = {}
-
-    def for_world(world_size):
-        if world_size not in results:
-            results[world_size] = run_ranks(run_cases, world_size, CASES, world_size)
-        return results[world_size]
-    return for_world
+def grid():
+    return GridRuns(CASES)
 
 
 @pytest.mark.parametrize("world_size", [2, 4])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
-def test_matches_plain_pytorch(grid_results, case, world_size):
-    ranks = [rank_results[case.name] for rank_results in grid_results(world_size)]
+def test_matches_plain_pytorch(grid, case, world_size):
+    ranks = grid.ranks(case, world_size)
     assert_matches_reference(case, world_size, ranks)
