@@ -154,7 +154,7 @@ class ZeroEngine:
         self._last_loss = loss.detach()
         scale = self.loss_scaler.scale if self.loss_scaler is not None else 1.0
         with self.timers.phase("backward"):
-            self.optimizer.prepare_backward()
+            self.optimizer.prepare_backward(self.is_gradient_accumulation_boundary())
             (loss.float() * (scale / self.gradient_accumulation_steps)).backward()
             self.optimizer.finish_backward(self.is_gradient_accumulation_boundary())
             if self.stage3 is not None:

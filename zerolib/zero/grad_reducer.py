@@ -61,14 +61,17 @@ class GradientReducer:
         self._launched: set[int] = set()
         self._in_flight: list[_InFlight] = []
         self._hooks = []
-        if stage >= 2:
-            for slot in (s for b in layout.buffers for s in b.slots):
-                hook = functools.partial(self._on_grad_ready, slot)
-                self._hooks.append(params[slot.name].register_post_accumulate_grad_hook(hook))
+        self._boundary = False
+        # Every stage hooks gradient completion: stage 2/3 to copy into buckets, stage 0/1 to
+        # launch each buffer's reduction during the boundary backward (overlapping it, as DDP does).
+        for slot in (s for b in layout.buffers for s in b.slots):
+            hook = functools.partial(self._on_grad_ready, slot)
+            self._hooks.append(params[slot.name].register_post_accumulate_grad_hook(hook))
 
     # -- backward ---------------------------------------------------------------------------
-    def prepare_backward(self) -> None:
+    def prepare_backward(self, boundary: bool = True) -> None:
         """Points ``param.grad`` at the full buffers again (a user's ``zero_grad()`` drops them)."""
+        self._boundary = boundary
         if self.full_grads is None:
             return
         for spec in self.layout.buffers:
@@ -80,6 +83,11 @@ class GradientReducer:
 
     def _on_grad_ready(self, slot: ParamSlot, param: torch.Tensor) -> None:
         index = slot.buffer_index
+        if self.stage < 2:  # the gradient already sits in its full buffer
+            if self._boundary:
+                self._reported[index] += 1
+                self._launch_ready()
+            return
         if index not in self._buckets:
             if self._is_launched(index):
                 raise RuntimeError(

@@ -102,8 +102,8 @@ class ZeroOptimizer:
         return masters
 
     # -- the step ---------------------------------------------------------------------------
-    def prepare_backward(self) -> None:
-        self.reducer.prepare_backward()
+    def prepare_backward(self, boundary: bool = True) -> None:
+        self.reducer.prepare_backward(boundary)
 
     def finish_backward(self, boundary: bool) -> None:
         self.reducer.finish_backward(boundary)
@@ -140,9 +140,8 @@ class ZeroOptimizer:
         return StepReport(skipped=False, grad_norm=norm)
 
     def _global_norm(self, grads: list[torch.Tensor]) -> float:
-        squares = torch.zeros(1, dtype=torch.float32, device=self.comm.device)
-        for grad in grads:
-            squares += grad.float().pow(2).sum()
+        norms = torch._foreach_norm([g.float() if g.dtype != torch.float32 else g for g in grads])
+        squares = torch.stack(norms).pow(2).sum().reshape(1)
         if self.layout.num_shards > 1:
             self.comm.all_reduce(squares)
         return squares.sqrt().item()
