@@ -125,6 +125,8 @@ class ParamCoordinator:
         self._grad_mode = True
         self._active: set[int] = set()  # units whose forward is running now
         self._hooks = []
+        # Each store once (a unit may hold refs to two stores): live_numel runs on every fetch.
+        self._stores = list({id(r.store): r.store for u in units for r in u.refs}.values())
         for unit in units:
             self._hooks.append(unit.module.register_forward_pre_hook(functools.partial(self._pre_forward, unit)))
             self._hooks.append(unit.module.register_forward_hook(functools.partial(self._post_forward, unit)))
@@ -259,8 +261,7 @@ class ParamCoordinator:
             ref.store.release(ref.index)
 
     def live_numel(self) -> int:
-        stores = {id(r.store): r.store for u in self.units for r in u.refs}
-        return sum(store.gathered_numel() for store in stores.values())
+        return sum(store.gathered_numel() for store in self._stores)
 
     def _note_live(self) -> None:
         self.peak_live_numel = max(self.peak_live_numel, self.live_numel())
