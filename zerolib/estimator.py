@@ -16,6 +16,11 @@ stage  params                 grads                                      master 
 3      pΨ/N (+ pΨ_small)      4Ψ/N                                       ((4 if p < 4) + K)Ψ/N
 =====  =====================  =========================================  ====================
 
+Besides model states, ``comm_buffers``: receive buffers and stage-2 buckets the collectives keep
+for reuse, at most one fp32 reduce bucket (4 × reduce_bucket_size bytes); stages 1-2 only. With
+c bytes per communicated element: stage 1 holds (N-1)/N·cΨ, stage 2 cΨ + (N-1)/N·cΨ (+ cΨ/N when
+c < 4).
+
 Ψ_small: stage-3 parameters below ``stage3_param_persistence_threshold`` stay whole on every
 rank. Offload follows DeepSpeed's placement: ``offload_optimizer`` moves the fp32 gradient
 shard, the master and the optimizer state to CPU RAM (``nvme``: master and optimizer state to
@@ -29,6 +34,7 @@ from dataclasses import dataclass, field
 PARAM_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 OFFLOAD_DEVICES = ("none", "cpu", "nvme")
 KINDS = ("params", "grads", "master", "optimizer_state")
+MODEL_STATE_KINDS = KINDS
 
 
 @dataclass(frozen=True)
@@ -44,7 +50,7 @@ class MemoryEstimate:
 
     @property
     def model_states(self) -> int:
-        return sum(self.by_kind.values())
+        return sum(self.by_kind[kind] for kind in MODEL_STATE_KINDS)
 
 
 def optimizer_state_bytes(optimizer: str, momentum: float = 0.0) -> int:
@@ -91,6 +97,15 @@ def _components(psi: int, n: int, stage: int, p: int, k: int, persistent: int) -
     return parts
 
 
+def comm_buffer_bytes(psi: int, n: int, stage: int, comm_bytes: int, bucket_numel: int) -> float:
+    """Bytes of buffers the collectives keep for reuse (see the module docstring)."""
+    if stage in (0, 3):
+        return 0.0
+    received = (n - 1) / n * comm_bytes * psi
+    held = received if stage == 1 else comm_bytes * psi + received + (comm_bytes * psi / n if comm_bytes < 4 else 0)
+    return min(held, 4.0 * bucket_numel)
+
+
 def _place(kind: str, part: str, offload_optimizer: str, offload_param: str) -> str:
     if kind == "params":
         return "device" if offload_param == "none" else offload_param
@@ -101,10 +116,12 @@ def _place(kind: str, part: str, offload_optimizer: str, offload_param: str) -> 
 
 def model_state_bytes(num_params: int, *, num_procs: int, stage: int, dtype: str = "fp32",
                       optimizer_bytes: int = 8, persistent_params: int = 0,
-                      offload_optimizer: str = "none", offload_param: str = "none") -> MemoryEstimate:
+                      offload_optimizer: str = "none", offload_param: str = "none",
+                      bucket_numel: int = 500_000_000, comm_bytes: int | None = None) -> MemoryEstimate:
     """Model-state bytes per rank for ``num_params`` trainable parameters (see module docstring).
 
-    ``persistent_params``: stage-3 parameters kept whole (below the persistence threshold)."""
+    ``persistent_params``: stage-3 parameters kept whole (below the persistence threshold);
+    ``bucket_numel`` and ``comm_bytes`` (default: the working dtype's) size ``comm_buffers``."""
     _check(num_params, num_procs, stage, dtype, offload_optimizer, offload_param)
     by_kind = dict.fromkeys(KINDS, 0.0)
     by_place = {"device": 0.0, "cpu": 0.0, "nvme": 0.0}
@@ -112,6 +129,8 @@ def model_state_bytes(num_params: int, *, num_procs: int, stage: int, dtype: str
                                           persistent_params):
         by_kind[kind] += nbytes
         by_place[_place(kind, part, offload_optimizer, offload_param)] += nbytes
+    comm = comm_buffer_bytes(num_params, num_procs, stage, comm_bytes or PARAM_BYTES[dtype], bucket_numel)
+    by_kind["comm_buffers"] = comm  # not a model state, and not in by_place
     notes = []
     if offload_param != "none":
         notes.append("offload_param: a block's gathered parameters still occupy the device while it runs "
@@ -169,7 +188,9 @@ def estimate(model, config, *, num_procs: int = 1, seq: int | None = None,
     k = optimizer_state_bytes(optimizer.type, getattr(optimizer.params, "momentum", 0.0)) if optimizer else 0
     result = model_state_bytes(sum(trainable), num_procs=num_procs, stage=zero.stage, dtype=dtype,
                                optimizer_bytes=k, persistent_params=persistent,
-                               offload_optimizer=zero.offload_optimizer.device, offload_param=zero.offload_param.device)
+                               offload_optimizer=zero.offload_optimizer.device, offload_param=zero.offload_param.device,
+                               bucket_numel=int(min(zero.reduce_bucket_size, zero.allgather_bucket_size)),
+                               comm_bytes=PARAM_BYTES.get(cfg.communication_data_type or dtype, 4))
     if seq is None:
         return result
     hidden, layers = _model_shape(model)

@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 
 from zerolib.comm.ledger import CommLedger, wire_bytes
+from zerolib.comm.scratch import ScratchPool
 
 _ENV_KEYS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -76,6 +77,8 @@ class CommContext:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     node_size: int = 1
     ledger: CommLedger = field(default_factory=CommLedger)
+    scratch: ScratchPool = field(default_factory=ScratchPool, init=False, repr=False)
+    _p2p_calls: int = field(default=0, init=False, repr=False)
 
     @classmethod
     def from_environment(cls, timeout_seconds: float = 600.0, node_size: int | None = None) -> "CommContext":
@@ -146,12 +149,51 @@ class CommContext:
             output.copy_(full.view_as(output))
             return PendingCollective(None, "reduce_scatter", self.ledger) if async_op else None
         self._record("reduce_scatter", full.numel() * full.element_size(), group)
-        if self._is_gloo():  # the list form ran 1.5x faster than reduce_scatter_tensor on gloo here
-            chunks = list(full.chunk(self._group_size(group)))
-            work = dist.reduce_scatter(output, chunks, op=dist.ReduceOp.SUM, group=group, async_op=async_op)
-            return self._finish(work, "reduce_scatter", async_op)
+        if self._is_gloo():
+            works, combine = self._gloo_reduce_scatter(output, full, group)
+            pending = PendingCollective(works, "reduce_scatter", self.ledger, on_done=combine)
+            if async_op:
+                return pending
+            pending.wait()
+            return None
         work = dist.reduce_scatter_tensor(output, full, op=dist.ReduceOp.SUM, group=group, async_op=async_op)
         return self._finish(work, "reduce_scatter", async_op)
+
+    def _gloo_reduce_scatter(self, output: torch.Tensor, full: torch.Tensor, group):
+        """Direct exchange: send chunk j to rank j, receive every peer's copy of our chunk, sum.
+
+        gloo's reduce_scatter (either form) ran 1.25-1.8x slower than its all_reduce of the same
+        tensor here (25M fp32, 2 ranks: 91-128 ms against 62-73 ms), although it moves half the
+        bytes; point-to-point sends move the same (N-1)/N of the message as a ring, all in
+        flight at once, and the sum runs when the caller waits. Receive buffers come from a pool
+        because a fresh 50 MB tensor costs as much in page faults as the transfer itself.
+        """
+        ranks = dist.get_process_group_ranks(group) if group is not None else list(range(self.world_size))
+        me = ranks.index(self.rank)
+        chunks = full.chunk(len(ranks))
+        tag = self._next_p2p_tag()
+        works, received = [], []
+        for index, peer in enumerate(ranks):
+            if index == me:
+                continue
+            works.append(dist.isend(chunks[index], dst=peer, group=group, tag=tag))
+            buffer = self.scratch.take(output.numel(), output.dtype, output.device)
+            works.append(dist.irecv(buffer, src=peer, group=group, tag=tag))
+            received.append(buffer)
+
+        def combine() -> None:
+            if output.data_ptr() != chunks[me].data_ptr():
+                output.copy_(chunks[me].view_as(output))
+            for buffer in received:
+                output.add_(buffer.view_as(output))
+                self.scratch.give(buffer)
+        return works, combine
+
+    def _next_p2p_tag(self) -> int:
+        # Every rank issues the same collectives in the same order, so the counters agree; a
+        # distinct tag per call keeps two exchanges in flight between one pair apart.
+        self._p2p_calls += 1
+        return self._p2p_calls % (1 << 24)
 
     def all_reduce(self, tensor: torch.Tensor, op=None, *, group=None, async_op=False):
         """All-reduces ``tensor`` in place (SUM unless ``op`` says otherwise)."""

@@ -76,7 +76,8 @@ class MonitorHub:
             grad_norm=report.grad_norm if report is not None else None, step_seconds=seconds,
             tokens_per_second=tokens / seconds if tokens and seconds > 0 else None,
             params_bytes=memory["params"], grads_bytes=memory["grads"], master_bytes=memory["master"],
-            optimizer_state_bytes=memory["optimizer_state"], rss_bytes=self._process.memory_info().rss,
+            optimizer_state_bytes=memory["optimizer_state"], comm_buffers_bytes=memory["comm_buffers"],
+            rss_bytes=self._process.memory_info().rss,
             forward_seconds=phase["forward"], backward_seconds=phase["backward"],
             optimizer_seconds=phase["step"], comm_seconds=comm_seconds)
 

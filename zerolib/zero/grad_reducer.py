@@ -27,6 +27,7 @@ class _InFlight:
     pending: PendingCollective | None
     reduced: torch.Tensor
     bucket: torch.Tensor
+    reduced_is_scratch: bool = False
 
 
 class GradientReducer:
@@ -53,6 +54,7 @@ class GradientReducer:
         # fp32 gradients of this rank's slices; for fp32 stage 0/1 they are views of full_grads.
         self._grad_shards_are_views = stage < 2 and param_dtype == torch.float32
         self.grad_shards: list[torch.Tensor | None] = [None] * len(layout.buffers)
+        self._kept_shards: list[torch.Tensor | None] = [None] * len(layout.buffers)
         self._launch_order = [b.index for b in reversed(layout.buffers)]
         self._trainable_counts = [len(b.slots) for b in layout.buffers]
         self._buckets: dict[int, torch.Tensor] = {}
@@ -95,7 +97,7 @@ class GradientReducer:
                     "(a second backward through it in one micro-step); use non-reentrant activation "
                     "checkpointing or call engine.backward once per micro-step")
             size = self.layout.buffers[index].padded_numel
-            self._buckets[index] = torch.zeros(size, dtype=self.comm_dtype, device=param.device)
+            self._buckets[index] = self._new_bucket(size)
         self._buckets[index][slot.offset:slot.end].add_(param.grad.reshape(-1))
         param.grad = None
         self._reported[index] += 1
@@ -119,7 +121,7 @@ class GradientReducer:
         if self.stage >= 2:
             bucket = self._buckets.pop(index, None)
             if bucket is None:  # no parameter of this buffer was used on this rank
-                bucket = torch.zeros(spec.padded_numel, dtype=self.comm_dtype, device=self.comm.device)
+                bucket = self._new_bucket(spec.padded_numel)
         else:
             bucket = self.full_grads[index].to(self.comm_dtype)
         if self.predivide_factor != 1.0:
@@ -130,11 +132,31 @@ class GradientReducer:
             self.on_reduced(index)
         if self.layout.num_shards == 1:
             pending = self.comm.all_reduce(bucket, async_op=self.overlap_comm)
-            reduced = bucket
-        else:
-            reduced = torch.empty(spec.shard_numel, dtype=bucket.dtype, device=bucket.device)
-            pending = self.comm.reduce_scatter_sum(reduced, bucket, async_op=self.overlap_comm)
-        self._in_flight.append(_InFlight(index, pending, reduced, bucket))
+            self._in_flight.append(_InFlight(index, pending, bucket, bucket))
+            return
+        reduced, is_scratch = self._reduce_target(spec, bucket)
+        pending = self.comm.reduce_scatter_sum(reduced, bucket, async_op=self.overlap_comm)
+        self._in_flight.append(_InFlight(index, pending, reduced, bucket, reduced_is_scratch=is_scratch))
+
+    def _new_bucket(self, numel: int) -> torch.Tensor:
+        return self.comm.scratch.take(numel, self.comm_dtype, self.comm.device).zero_()
+
+    def _reduce_target(self, spec: BufferSpec, bucket: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """Where the reduce-scatter writes, and whether that is a scratch buffer to give back:
+        in place when nothing is there yet to accumulate into."""
+        if self.stage < 2 and bucket.data_ptr() == self.full_grads[spec.index].data_ptr():
+            lo, hi = spec.shard_range(self.shard)
+            return bucket[lo:hi], False  # this rank's slice of its own full buffer
+        if self.grad_shards[spec.index] is None and self.comm_dtype == torch.float32:
+            return self._shard_storage(spec), False
+        return self.comm.scratch.take(spec.shard_numel, bucket.dtype, bucket.device), True
+
+    def _shard_storage(self, spec: BufferSpec) -> torch.Tensor:
+        """The fp32 gradient shard of a buffer, kept across steps (refilling it beats a fresh
+        allocation's page faults)."""
+        if self._kept_shards[spec.index] is None:
+            self._kept_shards[spec.index] = torch.empty(spec.shard_numel, dtype=torch.float32, device=self.comm.device)
+        return self._kept_shards[spec.index]
 
     def finish_backward(self, boundary: bool) -> None:
         """Launches whatever is left (in order) and folds the results into the gradient shards.
@@ -150,6 +172,10 @@ class GradientReducer:
             if item.pending is not None:
                 item.pending.wait()
             self._accumulate_into_shard(self.layout.buffers[item.buffer_index], item.reduced)
+            if item.reduced_is_scratch:
+                self.comm.scratch.give(item.reduced)
+            if self.stage >= 2:  # the send has completed: the bucket can be refilled
+                self.comm.scratch.give(item.bucket)
         self._in_flight.clear()
         self._buckets.clear()
         self._reported = [0] * len(self.layout.buffers)
@@ -166,8 +192,12 @@ class GradientReducer:
             shard.mul_(scale)
             self.grad_shards[spec.index] = shard
             return
+        kept = self._kept_shards[spec.index]
+        if kept is not None and reduced.data_ptr() == kept.data_ptr():
+            self.grad_shards[spec.index] = kept.mul_(scale)
+            return
         if self.grad_shards[spec.index] is None:
-            self.grad_shards[spec.index] = reduced.float().mul_(scale)
+            self.grad_shards[spec.index] = self._shard_storage(spec).copy_(reduced).mul_(scale)
         else:
             self.grad_shards[spec.index].add_(reduced.float(), alpha=scale)
 
@@ -181,7 +211,7 @@ class GradientReducer:
     def storage(self) -> list[torch.Tensor]:
         """Every gradient tensor currently held, for memory accounting."""
         held = list(self.full_grads or []) + list(self._buckets.values())
-        return held + [g for g in self.grad_shards if g is not None]
+        return held + [g for g in self.grad_shards + self._kept_shards if g is not None]
 
     def remove_hooks(self) -> None:
         for handle in self._hooks:
