@@ -17,7 +17,7 @@ stage  params                 grads                                      master 
 =====  =====================  =========================================  ====================
 
 Besides model states, ``comm_buffers``: receive buffers and stage-2 buckets the collectives keep
-for reuse, at most one fp32 reduce bucket (4 × reduce_bucket_size bytes); stages 1-2 only. With
+for reuse, at most three fp32 reduce buckets (12 × reduce_bucket_size bytes); stages 1-2 only. With
 c bytes per communicated element: stage 1 holds (N-1)/N·cΨ, stage 2 cΨ + (N-1)/N·cΨ (+ cΨ/N when
 c < 4).
 
@@ -103,7 +103,7 @@ def comm_buffer_bytes(psi: int, n: int, stage: int, comm_bytes: int, bucket_nume
         return 0.0
     received = (n - 1) / n * comm_bytes * psi
     held = received if stage == 1 else comm_bytes * psi + received + (comm_bytes * psi / n if comm_bytes < 4 else 0)
-    return min(held, 4.0 * bucket_numel)
+    return min(held, 12.0 * bucket_numel)
 
 
 def _place(kind: str, part: str, offload_optimizer: str, offload_param: str) -> str:

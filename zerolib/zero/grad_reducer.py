@@ -21,6 +21,11 @@ from zerolib.comm import CommContext, PendingCollective
 from zerolib.partition.layout import BufferSpec, FlatLayout, ParamSlot
 
 
+# Two buckets under reduction while backward fills a third, as DeepSpeed's stage 2 does: enough
+# to keep the wire busy; more would only hold more gradient memory.
+MAX_BUCKETS_IN_FLIGHT = 2
+
+
 @dataclass
 class _InFlight:
     buffer_index: int
@@ -96,8 +101,8 @@ class GradientReducer:
                     f"parameter '{slot.name}' produced a gradient after its bucket was reduced "
                     "(a second backward through it in one micro-step); use non-reentrant activation "
                     "checkpointing or call engine.backward once per micro-step")
-            size = self.layout.buffers[index].padded_numel
-            self._buckets[index] = self._new_bucket(size)
+            self._bound_in_flight()
+            self._buckets[index] = self._new_bucket(self.layout.buffers[index].padded_numel)
         self._buckets[index][slot.offset:slot.end].add_(param.grad.reshape(-1))
         param.grad = None
         self._reported[index] += 1
@@ -138,6 +143,22 @@ class GradientReducer:
         pending = self.comm.reduce_scatter_sum(reduced, bucket, async_op=self.overlap_comm)
         self._in_flight.append(_InFlight(index, pending, reduced, bucket, reduced_is_scratch=is_scratch))
 
+    def _bound_in_flight(self) -> None:
+        """Stage 2 holds at most MAX_BUCKETS_IN_FLIGHT buckets under reduction: a new bucket
+        first waits for the oldest, so gradient memory stays near reduce_bucket_size."""
+        while self.stage == 2 and len(self._in_flight) >= MAX_BUCKETS_IN_FLIGHT:
+            self._retire(self._in_flight.pop(0))
+
+    def _retire(self, item: _InFlight) -> None:
+        """Waits for one reduction, folds it into the gradient shard, recycles its buffers."""
+        if item.pending is not None:
+            item.pending.wait()
+        self._accumulate_into_shard(self.layout.buffers[item.buffer_index], item.reduced)
+        if item.reduced_is_scratch:
+            self.comm.scratch.give(item.reduced)
+        if self.stage >= 2:  # the send has completed: the bucket can be refilled
+            self.comm.scratch.give(item.bucket)
+
     def _new_bucket(self, numel: int) -> torch.Tensor:
         return self.comm.scratch.take(numel, self.comm_dtype, self.comm.device).zero_()
 
@@ -169,13 +190,7 @@ class GradientReducer:
             if not self._is_launched(index):
                 self._launch(index)
         for item in self._in_flight:
-            if item.pending is not None:
-                item.pending.wait()
-            self._accumulate_into_shard(self.layout.buffers[item.buffer_index], item.reduced)
-            if item.reduced_is_scratch:
-                self.comm.scratch.give(item.reduced)
-            if self.stage >= 2:  # the send has completed: the bucket can be refilled
-                self.comm.scratch.give(item.bucket)
+            self._retire(item)
         self._in_flight.clear()
         self._buckets.clear()
         self._reported = [0] * len(self.layout.buffers)
