@@ -1,0 +1,1 @@
+"""Inference modes: MoE-prefill serving (AsyncEP backend, router, scoring server)."""
