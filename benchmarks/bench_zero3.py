@@ -13,7 +13,12 @@ Memory columns, per rank:
 - RSS growth: how much the process's resident set grew while the variant was built and warmed
   up. Variants share a process, so this is only indicative (the allocator reuses freed pages).
 
+With ``--link-gbit G`` the two ranks talk over an emulated G Gbit/s link (benchmarks/netlink.py)
+instead of loopback, where communication is bounded by the link rather than by the cores that
+also compute: the setting in which prefetching has something to hide.
+
 Usage: PYTHONPATH=. python benchmarks/bench_zero3.py [--sizes floor,10M,40M] [--steps N] [--quick]
+       [--link-gbit G]
 """
 from __future__ import annotations
 
@@ -35,6 +40,7 @@ import torch.multiprocessing as mp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import zero3_support as support  # noqa: E402  (the benchmarks folder is not a package)
+from netlink import EmulatedLink, enter_link  # noqa: E402
 
 from zerolib.models.gpt import GPT, GPTConfig  # noqa: E402
 
@@ -210,9 +216,11 @@ def print_ratios(setting: Setting, rows: list[dict]) -> None:
                       "about 1/N = 0.50x", None))
 
 
-def rank_main(rank: int, port: int, args: argparse.Namespace) -> None:
+def rank_main(rank: int, port: int, args: argparse.Namespace, link=None) -> None:
     os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
                        "LOCAL_RANK": str(rank), "WORLD_SIZE": str(WORLD_SIZE), "LOCAL_WORLD_SIZE": str(WORLD_SIZE)})
+    if link is not None:
+        enter_link(link, rank)
     torch.set_num_threads(1)
     # Root handlers stop zerolib from installing its INFO logger; the resolved configs would
     # bury the table.
@@ -222,7 +230,8 @@ def rank_main(rank: int, port: int, args: argparse.Namespace) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=WORLD_SIZE)
     skip_reason = "not run in --quick mode" if args.quick else support.deepspeed_unavailable_reason()
     if rank == 0:
-        print(f"torch {torch.__version__}, {WORLD_SIZE} ranks, gloo, fp32, 1 thread per rank, "
+        where = f"an emulated {link.gbit:g} Gbit/s link" if link is not None else "loopback"
+        print(f"torch {torch.__version__}, {WORLD_SIZE} ranks, gloo over {where}, fp32, 1 thread per rank, "
               f"{os.cpu_count()} CPUs on this machine")
         print(f"DeepSpeed ZeRO-3: {'skipped: ' + skip_reason if skip_reason else 'included'}")
     try:
@@ -245,6 +254,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="timed rounds, each stepping every variant once (default: 40 at the floor, 15 otherwise)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed rounds before the timed ones")
     parser.add_argument("--quick", action="store_true", help="smoke mode: the tiny model, 2 steps, no DeepSpeed")
+    parser.add_argument("--link-gbit", type=float, default=None,
+                        help="run the ranks over an emulated link of this many Gbit/s instead of loopback")
     args = parser.parse_args(argv)
     if args.quick:
         args.sizes, args.steps, args.warmup = "quick", 2, 1
@@ -265,7 +276,11 @@ def free_port() -> int:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    mp.spawn(rank_main, args=(free_port(), args), nprocs=WORLD_SIZE, join=True)
+    if args.link_gbit is None:
+        mp.spawn(rank_main, args=(free_port(), args), nprocs=WORLD_SIZE, join=True)
+        return
+    with EmulatedLink(args.link_gbit) as link:
+        mp.spawn(rank_main, args=(free_port(), args, link.spec()), nprocs=WORLD_SIZE, join=True)
 
 
 if __name__ == "__main__":

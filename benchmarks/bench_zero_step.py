@@ -1,6 +1,6 @@
 """Step time and per-rank model-state bytes: zerolib stages 0/1/2 against DDP (+ DeepSpeed).
 
-    PYTHONPATH=$PWD python benchmarks/bench_zero_step.py [--quick] [--profile zero2]
+    PYTHONPATH=$PWD python benchmarks/bench_zero_step.py [--quick] [--profile zero2] [--link-gbit 2]
 
 Spawns 2 gloo ranks (1 thread each) once; every variant is built in the same processes on the
 same model (zerolib.models.GPT, same seed) and the same batch, and the variants take turns in
@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from common import median, print_table, rank, run_ranks, timed_steps, unique_bytes
+from netlink import EmulatedLink, LinkSpec, enter_link
 
 WORLD_SIZE = 2
 
@@ -205,9 +206,11 @@ def time_collectives(numel: int, repeats: int = 7) -> dict[str, float]:
     return {name: median(timed_steps(call, repeats)) for name, call in calls.items()}
 
 
-def run_all(settings: list[Setting], profile: str | None) -> list[dict]:
+def run_all(settings: list[Setting], profile: str | None, link: LinkSpec | None = None) -> list[dict]:
     from zerolib.comm.context import init_distributed
 
+    if link is not None:
+        enter_link(link, rank())
     torch.set_num_threads(1)
     init_distributed()  # DDP needs the group before any zerolib engine would create it
     return [run_setting(s, profile) for s in settings]
@@ -236,12 +239,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run, noisier)")
     parser.add_argument("--profile", help="cProfile one variant on rank 0, e.g. zero2 (matches 'stage 2')")
+    parser.add_argument("--link-gbit", type=float, default=None,
+                        help="run the ranks over an emulated link of this many Gbit/s (benchmarks/netlink.py) "
+                             "instead of loopback")
     args = parser.parse_args()
     profile = args.profile.replace("zero", "stage") if args.profile else None
     settings = SETTINGS
     if args.quick:
         settings = [Setting(**{**s.__dict__, "rounds": 1, "steps_per_round": 2}) for s in SETTINGS]
-    results = run_ranks(run_all, WORLD_SIZE, settings, profile, timeout=3600)[0]
+    if args.link_gbit is None:
+        results = run_ranks(run_all, WORLD_SIZE, settings, profile, timeout=3600)[0]
+    else:
+        with EmulatedLink(args.link_gbit) as link:
+            print(f"ranks joined by an emulated {args.link_gbit:g} Gbit/s link (tc tbf on a veth pair)")
+            results = run_ranks(run_all, WORLD_SIZE, settings, profile, link.spec(), timeout=3600)[0]
     why_not = deepspeed_status()
     for setting, result in zip(settings, results):
         report(setting, result)
