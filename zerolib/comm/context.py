@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
+from zerolib.comm.gloo_p2p import exchange
 from zerolib.comm.ledger import CommLedger, wire_bytes
 from zerolib.comm.scratch import ScratchPool
 
@@ -78,7 +79,7 @@ class CommContext:
     node_size: int = 1
     ledger: CommLedger = field(default_factory=CommLedger)
     scratch: ScratchPool = field(default_factory=ScratchPool, init=False, repr=False)
-    _p2p_calls: int = field(default=0, init=False, repr=False)
+    _p2p_calls: dict = field(default_factory=dict, init=False, repr=False)  # exchanges per group
 
     @classmethod
     def from_environment(cls, timeout_seconds: float = 600.0, node_size: int | None = None) -> "CommContext":
@@ -133,15 +134,21 @@ class CommContext:
     def _is_gloo(self) -> bool:
         return dist.get_backend() == "gloo"
 
+    def _group_ranks(self, group) -> list[int]:
+        return dist.get_process_group_ranks(group) if group is not None else list(range(self.world_size))
+
     def _gloo_all_gather(self, output: torch.Tensor, shard: torch.Tensor, group) -> list:
-        """gloo's all-gather ran 4x slower than one broadcast per rank here (25M fp32, 2 ranks:
-        330 ms against 82 ms), for the same bytes per rank on average; so broadcast each slice."""
-        ranks = dist.get_process_group_ranks(group) if group is not None else list(range(self.world_size))
+        """Direct exchange (zerolib/comm/gloo_p2p.py): our slice to every peer, theirs into
+        ``output``. gloo's all-gather ran 4x slower here (25M fp32, 2 ranks: 330 ms against 82
+        ms for one broadcast per rank) for the same bytes per rank; 12.5M fp32: 102 ms gloo, 28 ms this."""
+        ranks = self._group_ranks(group)
         slices = output.chunk(len(ranks))
         mine = slices[ranks.index(self.rank)]
         if mine.data_ptr() != shard.data_ptr():
             mine.copy_(shard.view_as(mine))
-        return [dist.broadcast(piece, src=src, group=group, async_op=True) for src, piece in zip(ranks, slices)]
+        peers = [r for r in ranks if r != self.rank]
+        return exchange([(mine, peer) for peer in peers], [(slices[ranks.index(peer)], peer) for peer in peers],
+                        group=group, call_index=self._next_p2p_call(ranks))
 
     def reduce_scatter_sum(self, output: torch.Tensor, full: torch.Tensor, *, group=None, async_op=False):
         """Sums ``full`` across ranks and leaves this rank's 1/N slice of the sum in ``output``."""
@@ -168,32 +175,30 @@ class CommContext:
         flight at once, and the sum runs when the caller waits. Receive buffers come from a pool
         because a fresh 50 MB tensor costs as much in page faults as the transfer itself.
         """
-        ranks = dist.get_process_group_ranks(group) if group is not None else list(range(self.world_size))
+        ranks = self._group_ranks(group)
         me = ranks.index(self.rank)
         chunks = full.chunk(len(ranks))
-        tag = self._next_p2p_tag()
-        works, received = [], []
+        sends, received = [], []
         for index, peer in enumerate(ranks):
-            if index == me:
-                continue
-            works.append(dist.isend(chunks[index], dst=peer, group=group, tag=tag))
-            buffer = self.scratch.take(output.numel(), output.dtype, output.device)
-            works.append(dist.irecv(buffer, src=peer, group=group, tag=tag))
-            received.append(buffer)
+            if index != me:
+                sends.append((chunks[index], peer))
+                received.append((self.scratch.take(output.numel(), output.dtype, output.device), peer))
+        works = exchange(sends, received, group=group, call_index=self._next_p2p_call(ranks))
 
         def combine() -> None:
             if output.data_ptr() != chunks[me].data_ptr():
                 output.copy_(chunks[me].view_as(output))
-            for buffer in received:
+            for buffer, _ in received:
                 output.add_(buffer.view_as(output))
                 self.scratch.give(buffer)
         return works, combine
 
-    def _next_p2p_tag(self) -> int:
-        # Every rank issues the same collectives in the same order, so the counters agree; a
-        # distinct tag per call keeps two exchanges in flight between one pair apart.
-        self._p2p_calls += 1
-        return self._p2p_calls % (1 << 24)
+    def _next_p2p_call(self, ranks: list[int]) -> int:
+        # The members of a group issue its collectives in the same order, so a count per group
+        # agrees between every pair that exchanges; ranks outside the group never see it.
+        key = tuple(ranks)
+        self._p2p_calls[key] = self._p2p_calls.get(key, 0) + 1
+        return self._p2p_calls[key]
 
     def all_reduce(self, tensor: torch.Tensor, op=None, *, group=None, async_op=False):
         """All-reduces ``tensor`` in place (SUM unless ``op`` says otherwise)."""
