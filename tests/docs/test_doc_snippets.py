@@ -98,3 +98,17 @@ def test_estimator_doc_shows_the_cli_output_it_prints(capsys):
     assert cli_main(commands(command)[0][1:]) == 0
     printed = capsys.readouterr().out.strip()
     assert printed in (ROOT / "docs" / "estimator.md").read_text()
+
+
+def test_readme_first_command_trains_with_zero3_shortened(tmp_path, monkeypatch, capsys):
+    """The README's command 1 after its install steps (CI has installed), for 3 steps; its
+    command 2 is `bash .ci/run`, which is CI itself."""
+    blocks = [b for b in parse(ROOT / "README.md") if b.language == "bash"]
+    assert [b.code.strip() for b in blocks][1:] == ["bash .ci/run"]
+    words = shlex.split(blocks[0].code.split("&&")[-1])
+    assert words[0] == "zerolib" and "examples/configs/zero3.json" in words
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    (tmp_path / "examples").symlink_to(ROOT / "examples")
+    run_command(words + ["--steps", "3", "--no_progress"], "README.md", capsys)
+    assert "final loss" in capsys.readouterr().out
