@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import run_ranks
+from harness import free_port, run_ranks
 from snippets import commands, parse
 from zerolib.cli import main as cli_main
 from zerolib.config import ZeroConfigWarning, load_config
@@ -40,9 +40,15 @@ def run_snippet(code: str, where: str, cwd: str) -> None:
     exec(compile(code, where, "exec"), {"__name__": "docsnippet"})
 
 
+SUBCOMMANDS = ("report", "config", "estimate", "export", "plot")
+
+
 def run_command(words: list[str], where: str, capsys) -> None:
     if words[0] == "zerolib":
-        status = cli_main(words[1:])
+        args = words[1:]
+        if args[0] not in SUBCOMMANDS and "--dry_run" not in args and "--master_port" not in args:
+            args = ["--master_port", str(free_port()), *args]  # a launch: 29500 may be taken on a shared machine
+        status = cli_main(args)
         assert status == 0, f"{where}: {shlex.join(words)} exited {status}:\n{capsys.readouterr().out[-3000:]}"
     elif words[0] == "python":
         done = subprocess.run([sys.executable, *words[1:]], capture_output=True, text=True, timeout=300)

@@ -58,8 +58,9 @@ def _unset(like: torch.Tensor, device: torch.device) -> torch.Tensor:
 class MetaMaterializer:
     """Fills stage-3 buffers of a meta-device model from ``source`` or with fresh initial values.
 
-    ``source`` (optional) answers ``has(name)`` and ``read(names)`` for full parameter and
-    buffer names, yielding ``(name, tensor)``; a parameter it lacks is initialised instead.
+    ``source`` (optional, a ``PretrainedWeights``) answers ``has(name)``, ``read(names)``
+    (yielding ``(name, tensor)``) and ``read_ranges([(name, first, end)])`` (yielding flat
+    element ranges) for full parameter and buffer names; a parameter it lacks is initialised.
     """
 
     def __init__(self, root: nn.Module, dtype: torch.dtype, device: torch.device, source=None):
