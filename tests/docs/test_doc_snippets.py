@@ -80,6 +80,7 @@ def test_doc_snippets_run(doc, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     # Ranks started by the launcher, and python subprocesses, must import this checkout.
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # launched ranks: one thread each, as the harness's
     for name in LINKED:
         (tmp_path / name).symlink_to(ROOT / name)
     runnable = [b for b in BLOCKS[doc] if b.no_run is None]

@@ -11,9 +11,6 @@ import pytest
 
 from harness import run_ranks
 
-pytest.importorskip("transformers", reason="transformers is not installed (pip install -e .[dev])")
-pytest.importorskip("safetensors", reason="safetensors is not installed (pip install -e .[dev])")
-
 WORLD = 2
 # hidden 768, 12 layers, vocab 8192, untied head: 12 x 7.1M + 2 x 6.3M = 97.5M parameters (390 MB).
 MODEL = dict(vocab_size=8192, hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
