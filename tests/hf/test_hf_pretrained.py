@@ -125,6 +125,14 @@ def test_base_model_checkpoint_loads_with_prefix_and_new_head(tmp_path, caplog):
     assert weights["lm_head.weight"].abs().sum() > 0, "the missing head must be initialised, not left empty"
 
 
+def test_forgetting_pretrained_is_pointed_out(tmp_path, caplog):
+    import zerolib
+
+    directory = save_tiny("llama", tmp_path / "llama")
+    zerolib.initialize(build_on_meta(directory), CONFIG)
+    assert f"pass pretrained={directory!r}" in caplog.text
+
+
 def test_checkpoint_errors_name_what_is_wrong(tmp_path):
     import zerolib
 

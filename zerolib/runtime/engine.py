@@ -86,6 +86,11 @@ class ZeroEngine:
             raise ValueError("a model built under zerolib.partitioned_init needs zero_optimization.stage 3 "
                              "and an optimizer block: other stages hold every parameter whole")
         materializer = MetaMaterializer(model, self.dtype, self.comm.device)
+        config_dir = getattr(getattr(model, "config", None), "name_or_path", "")  # a Hugging Face model's origin
+        if pretrained is None and config_dir and os.path.isfile(os.path.join(config_dir, "config.json")):
+            self.logger.warning("the model was built on the meta device from the config in %s and gets fresh "
+                                "random weights; pass pretrained=%r to zerolib.initialize to load its weights",
+                                config_dir, config_dir)
         if pretrained is not None:
             from zerolib.checkpoint.pretrained import PretrainedWeights
             materializer.source = PretrainedWeights(pretrained)
