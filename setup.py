@@ -38,8 +38,11 @@ setup(
     install_requires=["torch>=2.4,<=2.13.0", "ninja", "numpy", "psutil", "py-cpuinfo", "pydantic>=2", "tqdm"],
     # transformers: the tests train real Hugging Face model classes built from small configs.
     # plot: `zerolib plot`; monitor: the tensorboard monitor (torch's writer needs the package).
-    # dev takes both so that the monitor, plot and doc-snippet tests run in CI instead of skipping.
-    extras_require={"dev": ["pytest", "transformers", "matplotlib", "tensorboard"], "plot": ["matplotlib"],
-                    "monitor": ["tensorboard"]},
+    # safetensors: the field's standard weights format; `initialize(..., pretrained=DIR)` reads a
+    # Hugging Face checkpoint's slices with it and `zerolib export --safetensors` writes it, and
+    # the tests compare loaded weights with the files (transformers pulls it in, but zerolib
+    # imports it directly, so it is named). dev takes them all so no test skips in CI.
+    extras_require={"dev": ["pytest", "transformers", "safetensors", "matplotlib", "tensorboard"],
+                    "plot": ["matplotlib"], "monitor": ["tensorboard"], "safetensors": ["safetensors"]},
     entry_points={"console_scripts": ["zerolib=zerolib.cli:main"]},
 )

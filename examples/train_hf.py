@@ -2,8 +2,10 @@
 
     python -m zerolib.launcher --num_procs 2 examples/train_hf.py --model PATH --config ds.json
 
-``--model`` is a directory with config.json and weights (``save_pretrained`` output), loaded
-with ``AutoModelForCausalLM.from_pretrained``. Text comes from ``--data`` (default
+``--model`` is a directory with config.json and weights (``save_pretrained`` output). Under
+ZeRO-3 the model is built on the meta device and ``zerolib.initialize(..., pretrained=DIR)``
+reads each rank's slice of the safetensors weights, so no rank holds the whole model; at
+other stages every rank loads it with ``AutoModelForCausalLM.from_pretrained``. Text comes from ``--data`` (default
 examples/data/corpus.txt if present, else a short built-in text) and is tokenized with the
 directory's tokenizer when it has one, else byte by byte (ids = bytes mod vocab size), so a
 bare random model trains too. Each rank draws its own random windows of ``--seq`` tokens.
@@ -82,14 +84,24 @@ def progress(step: int, total: int, loss: float) -> None:
           file=sys.stderr, flush=True)
 
 
+def load_model(model_dir: str, config):
+    """``(model, pretrained)``: under ZeRO-3 a meta-device model that ``initialize`` fills from
+    ``pretrained`` shard by shard; otherwise the whole model, loaded on every rank."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if zerolib.load_config(config, world_size=world_size).zero_optimization.stage == 3:
+        with zerolib.partitioned_init(config):
+            return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir)), model_dir
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32), None
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from transformers import AutoModelForCausalLM
-
     torch.manual_seed(args.seed)
-    model = AutoModelForCausalLM.from_pretrained(args.model, torch_dtype=torch.float32)
     config = args.config or DEFAULT_CONFIG  # a JSON path: zerolib reads it and names any bad key
-    engine = zerolib.initialize(model, config)
+    model, pretrained = load_model(args.model, config)
+    engine = zerolib.initialize(model, config, pretrained=pretrained)
     if args.checkpointing:
         enable_checkpointing(model, CheckpointOptions.from_config(engine.config))
     tokens = tokenize(read_text(args.data), args.model, model.config.vocab_size)

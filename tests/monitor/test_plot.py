@@ -9,8 +9,6 @@ from zerolib.cli import main as cli_main
 from zerolib.models import GPT, GPTConfig
 from zerolib.plot import read_metrics
 
-pytest.importorskip("matplotlib", reason="matplotlib is not installed (pip install zerolib[plot])")
-
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):

@@ -15,6 +15,10 @@ from zerolib.comm import CommContext, PendingCollective
 from zerolib.partition.layout import BufferSpec, FlatLayout
 
 FillFn = Callable[[BufferSpec, torch.Tensor], None]
+# Fills only this rank's slice (buffer offsets lo..hi) into the shard tensor and returns True,
+# or returns False to have the whole buffer filled and broadcast from rank 0 instead. It must
+# answer alike on every rank (it decides whether a broadcast happens).
+ShardFillFn = Callable[[BufferSpec, int, int, torch.Tensor], bool]
 
 
 class PartitionedParams:
@@ -22,9 +26,11 @@ class PartitionedParams:
 
     def __init__(self, layout: FlatLayout, params: dict[str, torch.nn.Parameter], comm: CommContext, *,
                  dtype: torch.dtype, replicated: frozenset[int] = frozenset(), fill: FillFn | None = None,
-                 shard_device: torch.device | None = None, pin_memory: bool = False):
+                 shard_device: torch.device | None = None, pin_memory: bool = False,
+                 fill_shard: ShardFillFn | None = None):
         """``shard_device`` (offload_param): where partitioned shards live between gathers, e.g.
-        the host; each gather then copies the shard to ``comm.device`` first."""
+        the host; each gather then copies the shard to ``comm.device`` first. ``fill_shard``
+        (a pretrained checkpoint) writes a rank's slice directly: no full buffer, no broadcast."""
         self.layout, self.params, self.comm, self.dtype = layout, params, comm, dtype
         self.shard_device = torch.device(shard_device or comm.device)
         self._pin = pin_memory and self.shard_device.type == "cpu" and torch.cuda.is_available()
@@ -36,10 +42,16 @@ class PartitionedParams:
         self.full: dict[int, torch.Tensor] = {}  # gathered (or replicated) full buffers
         self._pending: dict[int, PendingCollective] = {}
         for spec in layout.buffers:
+            lo, hi = spec.shard_range(self.shard)
+            if spec.index not in replicated and fill_shard is not None:
+                shard = torch.zeros(spec.shard_numel, dtype=dtype, device=self.shard_device)
+                if fill_shard(spec, lo, hi, shard):
+                    self.shards.append(shard.pin_memory() if self._pin else shard)
+                    self._point_params_at(spec, None)
+                    continue
             full = torch.zeros(spec.padded_numel, dtype=dtype, device=comm.device)
             fill(spec, full)
             comm.broadcast(full, 0)  # every rank starts from rank 0's values
-            lo, hi = spec.shard_range(self.shard)
             if spec.index in replicated:
                 self.shards.append(full[lo:hi])
                 self.full[spec.index] = full

@@ -10,7 +10,7 @@ from zerolib.comm import CommContext
 from zerolib.config import ZeroConfig, load_config
 from zerolib.monitor import MonitorHub
 from zerolib.offload import offload_optimizer_factory
-from zerolib.partition.materialize import MetaMaterializer, check_no_meta_buffers, is_on_meta
+from zerolib.partition.materialize import MetaMaterializer, is_on_meta
 from zerolib.runtime.lr_schedules import build_schedule
 from zerolib.runtime.optim_factory import build_optimizer
 from zerolib.utils.logging import get_logger
@@ -44,7 +44,7 @@ class ZeroEngine:
     ``engine.step()`` steps the optimizer and schedule at the accumulation boundary only.
     """
 
-    def __init__(self, model: torch.nn.Module, config):
+    def __init__(self, model: torch.nn.Module, config, pretrained=None):
         self.config = load_config(config, world_size=_world_size_from_environment(), model=model)
         cfg = self.config
         self.comm = CommContext.from_environment(cfg.comm.timeout_seconds, cfg.comm.node_size)
@@ -55,10 +55,12 @@ class ZeroEngine:
         trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
         if not trainable:
             raise ValueError("the model has no parameter with requires_grad=True: nothing to train")
-        self.materializer = self._meta_materializer(model)
+        self.materializer = self._meta_materializer(model, pretrained)
         fp32_values = None if self.materializer else {n: p.detach().float().clone() for n, p in trainable.items()}
         # A meta-device model cannot be moved; the materializer creates its tensors on the device.
         model.to(dtype=self.dtype) if self.materializer else model.to(device=self.comm.device, dtype=self.dtype)
+        if self.materializer:
+            self.materializer.materialize_buffers()
         self.loss_scaler = scaler_from_config(cfg.fp16)
         self.stage3: Stage3Plan | None = None
         self.optimizer = self._build_zero_optimizer(trainable, fp32_values) if cfg.optimizer else None
@@ -72,15 +74,28 @@ class ZeroEngine:
         self._last_loss: torch.Tensor | None = None
         self.monitor = MonitorHub(cfg, rank=self.comm.rank, world_size=self.comm.world_size)
 
-    def _meta_materializer(self, model: torch.nn.Module) -> MetaMaterializer | None:
-        """A model built under ``partitioned_init`` is filled buffer by buffer (stage 3 only)."""
+    def _meta_materializer(self, model: torch.nn.Module, pretrained) -> MetaMaterializer | None:
+        """A model built under ``partitioned_init`` is filled buffer by buffer (stage 3 only),
+        from the ``pretrained`` checkpoint directory when one is given."""
         if not is_on_meta(model):
+            if pretrained is not None:
+                raise ValueError("pretrained= fills a model built under zerolib.partitioned_init (meta device); "
+                                 "this model already has its weights: load it with from_pretrained instead")
             return None
         if self.config.zero_optimization.stage != 3 or self.config.optimizer is None:
             raise ValueError("a model built under zerolib.partitioned_init needs zero_optimization.stage 3 "
                              "and an optimizer block: other stages hold every parameter whole")
-        check_no_meta_buffers(model)
-        return MetaMaterializer(model, self.dtype, self.comm.device)
+        materializer = MetaMaterializer(model, self.dtype, self.comm.device)
+        config_dir = getattr(getattr(model, "config", None), "name_or_path", "")  # a Hugging Face model's origin
+        if pretrained is None and config_dir and os.path.isfile(os.path.join(config_dir, "config.json")):
+            self.logger.warning("the model was built on the meta device from the config in %s and gets fresh "
+                                "random weights; pass pretrained=%r to zerolib.initialize to load its weights",
+                                config_dir, config_dir)
+        if pretrained is not None:
+            from zerolib.checkpoint.pretrained import PretrainedWeights
+            materializer.source = PretrainedWeights(pretrained)
+            materializer.source.match(materializer.wanted_from_source(), getattr(model, "base_model_prefix", ""))
+        return materializer
 
     def _build_zero_optimizer(self, trainable, fp32_values) -> ZeroOptimizer:
         cfg, zero = self.config, self.config.zero_optimization
@@ -112,7 +127,8 @@ class ZeroEngine:
         self.stage3 = plan = plan_stage3(self.module, self.comm, settings, self.dtype, fill=self.materializer,
                                           verify_order=cfg.comm.verify_module_order,
                                           shard_device=torch.device("cpu") if offload_param.device == "cpu" else None,
-                                          pin_memory=offload_param.pin_memory)
+                                          pin_memory=offload_param.pin_memory,
+                                          fill_shard=self.materializer.fill_shard if self.materializer else None)
         if self.materializer is not None:
             self.materializer.materialize_remaining()
         self._register_state_dict_hooks()
@@ -295,6 +311,10 @@ class ZeroEngine:
         return save_16bit_model(self, save_dir, save_filename)
 
 
-def initialize(model: torch.nn.Module, config) -> ZeroEngine:
-    """Wraps ``model`` for ZeRO training; ``config`` is a dict, a JSON path or a ``ZeroConfig``."""
-    return ZeroEngine(model, config)
+def initialize(model: torch.nn.Module, config, pretrained=None) -> ZeroEngine:
+    """Wraps ``model`` for ZeRO training; ``config`` is a dict, a JSON path or a ``ZeroConfig``.
+
+    ``pretrained``: a local Hugging Face checkpoint directory (safetensors) whose weights fill a
+    model built under ``zerolib.partitioned_init``, one buffer at a time (docs/huggingface.md).
+    """
+    return ZeroEngine(model, config, pretrained=pretrained)

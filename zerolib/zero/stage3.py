@@ -17,7 +17,7 @@ from zerolib.comm import CommContext
 from zerolib.partition.coordinator import (BufferRef, GatherPolicy, ParamCoordinator, Unit,
                                            assign_params_to_units, find_unit_modules)
 from zerolib.partition.layout import FlatLayout
-from zerolib.partition.partitioned import FillFn, PartitionedParams
+from zerolib.partition.partitioned import FillFn, PartitionedParams, ShardFillFn
 from zerolib.zero.optimizer import ZeroSettings
 
 
@@ -40,10 +40,11 @@ def _groups_by_unit(names: list[str], params: dict[str, nn.Parameter], owner: di
 
 def plan_stage3(module: nn.Module, comm: CommContext, settings: ZeroSettings, dtype: torch.dtype,
                 fill: FillFn | None = None, verify_order: bool = True, shard_device: torch.device | None = None,
-                pin_memory: bool = False) -> Stage3Plan:
+                pin_memory: bool = False, fill_shard: ShardFillFn | None = None) -> Stage3Plan:
     """Partitions ``module``'s parameters (already on the device, in ``dtype``); ``shard_device``
-    and ``pin_memory`` place the shards for offload_param (see PartitionedParams)."""
-    placement = dict(shard_device=shard_device, pin_memory=pin_memory)
+    and ``pin_memory`` place the shards for offload_param; ``fill`` and ``fill_shard`` give
+    a meta-device model its values (see PartitionedParams)."""
+    placement = dict(shard_device=shard_device, pin_memory=pin_memory, fill_shard=fill_shard)
     unit_modules = find_unit_modules(module)
     owner = assign_params_to_units(module, unit_modules)
     params = dict(module.named_parameters())
