@@ -39,7 +39,9 @@ setup(
     # transformers: the tests train real Hugging Face model classes built from small configs.
     # plot: `zerolib plot`; monitor: the tensorboard monitor (torch's writer needs the package).
     # dev takes both so that the monitor, plot and doc-snippet tests run in CI instead of skipping.
-    extras_require={"dev": ["pytest", "transformers", "matplotlib", "tensorboard"], "plot": ["matplotlib"],
-                    "monitor": ["tensorboard"]},
+    # serve: `zerolib serve-prefill`, on the serving stack vLLM uses (FastAPI app, uvicorn server).
+    # dev adds serve and httpx (FastAPI's own test client library) for the real-HTTP server tests.
+    extras_require={"dev": ["pytest", "transformers", "matplotlib", "tensorboard", "fastapi", "uvicorn", "httpx"],
+                    "plot": ["matplotlib"], "monitor": ["tensorboard"], "serve": ["fastapi", "uvicorn"]},
     entry_points={"console_scripts": ["zerolib=zerolib.cli:main"]},
 )
