@@ -1,6 +1,7 @@
 """``zerolib serve-prefill --model PATH --num_procs N --port P [--host H] [--config F]``.
 
-Checks what it can on this process (the model path, the config file), then starts N ranks of
+Checks what it can on this process (the model path, the config file, that the backend is
+installed), then starts N ranks of
 zerolib.inference.serve.worker through zerolib's own launcher, which prefixes each rank's
 output and ends the whole job when any rank fails.
 """
@@ -12,6 +13,7 @@ import sys
 from pathlib import Path
 
 from zerolib.config.errors import ConfigError
+from zerolib.inference.serve.load import BackendMissing, require_backend
 from zerolib.inference.serve.settings import load_config_file
 
 
@@ -54,7 +56,8 @@ def main(argv: list[str]) -> int:
         if not Path(args.model).exists():
             raise ValueError(f"--model {args.model}: no such file or directory")
         load_config_file(args.config)
-    except (ConfigError, ValueError) as err:
+        require_backend()  # before starting N ranks that would each fail on it
+    except (BackendMissing, ConfigError, ValueError) as err:
         print(f"zerolib serve-prefill: error: {err}", file=sys.stderr)
         return 2
     from zerolib.launcher import main as launch_main

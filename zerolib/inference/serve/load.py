@@ -58,12 +58,18 @@ def load_model(model_path: str, settings: ServeSettings):
                      f"zerolib checkpoint (no 'latest' file or manifest.json)")
 
 
-def build_engine(model_path: str, engine_config: dict, settings: ServeSettings):
-    """(MoEPrefillEngine, tokenizer or None, longest input or None); call on every rank."""
+def require_backend():
+    """zerolib.inference.MoEPrefillEngine, or :class:`BackendMissing` saying so."""
     try:
         from zerolib.inference import MoEPrefillEngine
     except ImportError:
         raise BackendMissing("zerolib.inference.MoEPrefillEngine is not in this installation: serve-prefill "
                              "needs the MoE-prefill backend") from None
+    return MoEPrefillEngine
+
+
+def build_engine(model_path: str, engine_config: dict, settings: ServeSettings):
+    """(MoEPrefillEngine, tokenizer or None, longest input or None); call on every rank."""
+    engine_class = require_backend()
     model, tokenizer, max_positions = load_model(model_path, settings)
-    return MoEPrefillEngine(model, engine_config, tokenizer=tokenizer), tokenizer, max_positions
+    return engine_class(model, engine_config, tokenizer=tokenizer), tokenizer, max_positions
