@@ -15,7 +15,7 @@ httpx = pytest.importorskip("httpx", reason="httpx is not installed (pip install
 pytest.importorskip("fastapi", reason="fastapi is not installed (pip install zerolib[serve])")
 
 from support.prefill_standin import reference_scores  # noqa: E402
-from support.serving import VOCAB, GatedScorer, ServerThread, prefix_workload, standin, tiny_gpt  # noqa: E402
+from support.serving import VOCAB, FailingScorer, GatedScorer, ServerThread, prefix_workload, standin, tiny_gpt  # noqa: E402
 from zerolib.inference.serve.settings import ServeSettings  # noqa: E402
 
 
@@ -165,3 +165,16 @@ def test_a_client_that_disconnects_loses_no_one_else_s_result_and_a_full_queue_s
     finally:
         gated.gate.set()
         assert running.close() == 0
+
+
+def test_a_failing_engine_answers_503_and_ends_the_rank(model):
+    failing = FailingScorer(standin(model))
+    running = ServerThread(failing)
+    request = {"requests": prefix_workload(1, seed=11)}
+    assert httpx.post(running.url + "/v1/score", json=request, timeout=60).status_code == 200
+    failing.broken = True
+    reply = httpx.post(running.url + "/v1/score", json=request, timeout=60)
+    assert reply.status_code == 503 and "scoring failed: RuntimeError: expert shard lost" in reply.json()["error"]
+    running.thread.join(timeout=30)
+    assert not running.thread.is_alive(), "the rank must end (ending the job), not carry on out of step"
+    assert isinstance(running.error, RuntimeError)

@@ -37,14 +37,16 @@ class ServerThread:
         lines: queue.Queue = queue.Queue()
         self.status = None
 
+        self.error = None
+
         def run():
             try:
                 self.status = serve(engine, settings or ServeSettings(), comm=CommContext(), port=0,
                                     tokenizer=tokenizer, max_positions=max_positions, stop=self.stop,
                                     announce=lines.put)
-            except BaseException as err:  # surface start-up failures in the test
+            except BaseException as err:  # kept for the test to check (and to surface start-up failures)
+                self.error = err
                 lines.put(f"failed: {err!r}")
-                raise
 
         self.thread = threading.Thread(target=run, daemon=True)
         self.thread.start()
@@ -57,7 +59,24 @@ class ServerThread:
         self.stop.set()
         self.thread.join(timeout=30)
         assert not self.thread.is_alive(), "the server did not stop"
+        if self.error is not None:
+            raise AssertionError(f"the server failed: {self.error!r}")
         return self.status
+
+
+class FailingScorer:
+    """A real scorer that raises from ``score`` once ``broken`` is set (a backend bug or a lost
+    device), to check what the server does then."""
+
+    def __init__(self, scorer):
+        self.scorer, self.broken = scorer, False
+        for name in ("rank", "world_size", "cost", "t_ep", "flops_rate", "threshold", "cache_blocks"):
+            setattr(self, name, getattr(scorer, name))
+
+    def score(self, requests, assignment=None, return_logits=False):
+        if self.broken:
+            raise RuntimeError("expert shard lost")
+        return self.scorer.score(requests, assignment, return_logits=return_logits)
 
 
 class GatedScorer:
