@@ -2,11 +2,12 @@
 benchmark until the backend lands: zerolib's dense GPT run in plain PyTorch, data-parallel over
 the ranks, with a per-rank prefix KV cache.
 
-It computes real answers: each request's tokens run through the model's own modules; tokens
-whose 16-token blocks are in this rank's cache are not recomputed, their keys and values come
-from the cache (the same hashes, capacity and LRU rule the contract gives the engine), so a
-router that keeps prefixes on one rank really saves work here. ``stats`` counts the tokens
-and FLOPs each rank actually computed.
+It computes real answers: each rank's requests of a round run through the model's own modules
+in one padded batch (a few, when some read a prefix another computes in the same call, which is
+then computed once); tokens whose 16-token blocks are in this rank's cache are not recomputed,
+their keys and values come from the cache (the same hashes, capacity and LRU rule the contract
+gives the engine), so a router that keeps prefixes on one rank really saves work here.
+``stats`` counts the tokens and FLOPs each rank actually computed.
 
 Tests that use it switch to ``zerolib.inference.MoEPrefillEngine`` once the backend is merged;
 nothing but construction differs.
@@ -14,6 +15,7 @@ nothing but construction differs.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -35,31 +37,37 @@ def gpt_cost(model: GPT) -> ModelCost:
 
 
 class BlockKVCache:
-    """Per block hash, every layer's keys and values of that block's tokens, LRU over blocks."""
+    """Per block hash, the keys and values of that block's tokens in every layer
+    ([layers, 2, heads, 16, head_dim]), with the contract's LRU order over blocks.
+
+    Within one ``score`` call nothing is evicted (a later request may still need a block an
+    earlier one brought in); the call then records every request's blocks in request order and
+    drops what fell out, so the end state is exactly the sequential LRU rule's.
+    """
 
     def __init__(self, capacity: int):
         self.order = PrefixLRU(capacity)
-        self.kv: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self.kv: dict[int, torch.Tensor] = {}
 
-    def __contains__(self, block_hash: int) -> bool:
-        return block_hash in self.order
+    def gather(self, hashes: list[int]) -> torch.Tensor | None:
+        return torch.cat([self.kv[h] for h in hashes], dim=3) if hashes else None
 
-    def commit(self, hashes: list[int], layers_kv: list[tuple[torch.Tensor, torch.Tensor]], start_block: int):
-        """Record ``hashes`` in LRU order; blocks from ``start_block`` on take their K/V from
-        ``layers_kv`` (per layer [heads, tokens, head_dim], tokens counted from block 0)."""
-        for index, block_hash in enumerate(hashes):
-            if block_hash not in self.kv and index >= start_block:
-                span = slice(index * BLOCK_TOKENS, (index + 1) * BLOCK_TOKENS)
-                self.kv[block_hash] = [(k[:, span].clone(), v[:, span].clone()) for k, v in layers_kv]
-        self.order.record(hashes)
+    def settle(self, recorded: list[list[int]]) -> None:
+        for hashes in recorded:
+            self.order.record(hashes)
         for block_hash in [h for h in self.kv if h not in self.order]:
             del self.kv[block_hash]
 
-    def prefix_kv(self, hashes: list[int], layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-        if not hashes:
-            return None
-        ks, vs = zip(*(self.kv[h][layer] for h in hashes))
-        return torch.cat(ks, dim=1), torch.cat(vs, dim=1)
+
+@dataclass
+class _Item:
+    """One request of this rank's batch: its tokens, block hashes, and what the cache gives it."""
+
+    tokens: list[int]
+    hashes: list[int]
+    matched: int  # leading blocks read from the cache
+    reusable: int  # leading blocks it commits
+    level: int  # forward pass it runs in: after the passes that compute blocks it reads
 
 
 class StandInScorer:
@@ -95,42 +103,78 @@ class StandInScorer:
         rate = self.cost.prefill(64) * self.cost.num_layers / max(time.perf_counter() - start, 1e-9)
         return t_ep, rate
 
+    def _plan(self, token_lists: list[list[int]]) -> list[_Item]:
+        """Each request's cache match as a sequential run would see it (the cache replayed in
+        request order), and the pass it can run in: a request reading blocks that an earlier
+        request of this call computes runs in a later pass, so a shared prefix is computed once."""
+        replay, present, produced_in = self.cache.order.copy(), set(self.cache.kv), {}
+        items = []
+        for tokens in token_lists:
+            hashes = block_hashes(tokens)
+            matched = matched_blocks(hashes, replay, len(tokens))
+            reusable = reusable_blocks(len(tokens))
+            level = max((produced_in[h] + 1 for h in hashes[:matched] if h not in present), default=0)
+            for block_hash in hashes[matched:reusable]:
+                produced_in.setdefault(block_hash, level)
+            replay.record(hashes[:reusable])
+            items.append(_Item(tokens, hashes, matched, reusable, level))
+        return items
+
     @torch.no_grad()
-    def forward_one(self, tokens: list[int]) -> torch.Tensor:
-        """Last-position logits of ``tokens``, reusing and then filling this rank's cache."""
-        hashes = block_hashes(tokens)
-        matched = matched_blocks(hashes, self.cache, len(tokens))
-        start = matched * BLOCK_TOKENS
-        ids = torch.tensor(tokens[start:], dtype=torch.long).unsqueeze(0)
-        x = self.model.tok_emb(ids) + self.model.pos_emb(torch.arange(start, len(tokens)))
-        layers_kv = []
-        for index, block in enumerate(self.model.blocks):
-            attn_out, k, v = self._attention(block, block.ln1(x), self.cache.prefix_kv(hashes[:matched], index))
-            x = x + attn_out
+    def _forward(self, items: list[_Item]) -> torch.Tensor:
+        """Last-position logits of ``items`` in one padded batch; stores the blocks they compute."""
+        model, width = self.model, self.model.config.n_embd
+        heads = model.config.n_head
+        starts = [item.matched * BLOCK_TOKENS for item in items]
+        new = [len(item.tokens) - start for item, start in zip(items, starts)]
+        batch, longest, keys = len(items), max(new), max(s + n for s, n in zip(starts, new))
+        ids = torch.zeros(batch, longest, dtype=torch.long)
+        positions = torch.zeros(batch, longest, dtype=torch.long)
+        allowed = torch.zeros(batch, 1, longest, keys, dtype=torch.bool)
+        allowed[:, :, :, 0] = True  # padding rows attend somewhere (their output is never read)
+        for b, (item, start, count) in enumerate(zip(items, starts, new)):
+            ids[b, :count] = torch.tensor(item.tokens[start:])
+            positions[b, :count] = torch.arange(start, start + count)
+            allowed[b, 0, :count, :start + count] = torch.ones(count, start + count, dtype=torch.bool).tril(start)
+        prefixes = [self.cache.gather(item.hashes[:item.matched]) for item in items]
+        x = model.tok_emb(ids) + model.pos_emb(positions)
+        computed = []
+        for layer, block in enumerate(model.blocks):
+            q, k, v = block.attn.qkv(block.ln1(x)).split(width, dim=2)
+            q, k, v = (t.view(batch, longest, heads, width // heads).transpose(1, 2) for t in (q, k, v))
+            all_k, all_v = q.new_zeros(batch, heads, keys, width // heads), q.new_zeros(batch, heads, keys, width // heads)
+            for b, (prefix, start, count) in enumerate(zip(prefixes, starts, new)):
+                if prefix is not None:
+                    all_k[b, :, :start], all_v[b, :, :start] = prefix[layer, 0], prefix[layer, 1]
+                all_k[b, :, start:start + count], all_v[b, :, start:start + count] = k[b, :, :count], v[b, :, :count]
+            y = F.scaled_dot_product_attention(q, all_k, all_v, attn_mask=allowed)
+            x = x + block.attn.proj(y.transpose(1, 2).reshape(batch, longest, width))
             x = x + block.mlp(block.ln2(x))
-            layers_kv.append((k, v))
-        logits = self.model.lm_head(self.model.ln_f(x[:, -1]))[0]
-        self.cache.commit(hashes[:reusable_blocks(len(tokens))], layers_kv, matched)
-        self.stats["computed_tokens"] += len(tokens) - start
-        self.stats["cached_tokens"] += start
-        self.stats["computed_flops"] += self.cost.prefill(len(tokens), start) * self.cost.num_layers
-        self.stats["requests"] += 1
+            computed.append(torch.stack([k, v], dim=1))  # [batch, 2, heads, longest, head_dim]
+        logits = model.lm_head(model.ln_f(x[torch.arange(batch), torch.tensor(new) - 1]))
+        self._store(items, starts, torch.stack(computed, dim=1))
         return logits
 
-    @staticmethod
-    def _attention(block, x, cached):
-        """Causal attention of the new tokens over the cached prefix and themselves; returns the
-        output and the full keys/values ([heads, all tokens, head_dim])."""
-        attn = block.attn
-        _, seq, width = x.shape
-        q, k, v = attn.qkv(x).split(width, dim=2)
-        q, k, v = (t.view(seq, attn.n_head, width // attn.n_head).transpose(0, 1) for t in (q, k, v))
-        if cached is not None:
-            k, v = torch.cat([cached[0], k], dim=1), torch.cat([cached[1], v], dim=1)
-        prefix = k.shape[1] - seq
-        allowed = torch.ones(seq, k.shape[1], dtype=torch.bool).tril(diagonal=prefix)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
-        return attn.proj(y.transpose(0, 1).reshape(1, seq, width)), k, v
+    def _store(self, items: list[_Item], starts: list[int], computed: torch.Tensor) -> None:
+        for b, (item, start) in enumerate(zip(items, starts)):
+            for index in range(item.matched, item.reusable):
+                offset = index * BLOCK_TOKENS - start
+                self.cache.kv.setdefault(item.hashes[index], computed[b, :, :, :, offset:offset + BLOCK_TOKENS].clone())
+            self.stats["computed_tokens"] += len(item.tokens) - start
+            self.stats["cached_tokens"] += start
+            self.stats["computed_flops"] += self.cost.prefill(len(item.tokens), start) * self.cost.num_layers
+            self.stats["requests"] += 1
+
+    def score_own(self, token_lists: list[list[int]]) -> list[torch.Tensor]:
+        """Last-position logits of this rank's requests (in order), batched by pass."""
+        items = self._plan(token_lists)
+        logits: list[torch.Tensor | None] = [None] * len(items)
+        for level in sorted({item.level for item in items}):
+            chosen = [i for i, item in enumerate(items) if item.level == level]
+            for i, row in zip(chosen, self._forward([items[i] for i in chosen])):
+                logits[i] = row
+        self.cache.settle([item.hashes[:item.reusable] for item in items])
+        return logits
 
     def _balanced(self, requests) -> list[int]:
         loads = [0.0] * self.world_size
@@ -145,11 +189,9 @@ class StandInScorer:
         assignment = self._balanced(requests) if assignment is None else list(assignment)
         if len(assignment) != len(requests):
             raise ValueError(f"assignment has {len(assignment)} ranks for {len(requests)} requests")
-        mine = {}
-        for index, (request, rank) in enumerate(zip(requests, assignment)):
-            if rank == self.rank:
-                mine[index] = self._result(self.forward_one(list(request["input_ids"])),
-                                           request["candidates"], return_logits)
+        indices = [i for i, rank in enumerate(assignment) if rank == self.rank]
+        logits = self.score_own([list(requests[i]["input_ids"]) for i in indices]) if indices else []
+        mine = {i: self._result(row, requests[i]["candidates"], return_logits) for i, row in zip(indices, logits)}
         if self.world_size == 1:
             return [mine[i] for i in range(len(requests))]
         gathered = [None] * self.world_size if self.rank == 0 else None
