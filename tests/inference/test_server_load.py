@@ -44,6 +44,18 @@ def test_a_transformers_moe_directory_loads_with_its_weights(tmp_path):
         assert torch.equal(mine, theirs), name
 
 
+def test_a_tokenizer_saved_with_the_model_is_loaded_for_text_requests(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    save_tiny_qwen3_moe(tmp_path)
+    words = Tokenizer(models.WordLevel({"[UNK]": 0, "is": 1, "it": 2, "spam": 3}, unk_token="[UNK]"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=words, unk_token="[UNK]").save_pretrained(tmp_path)
+    _, tokenizer, _ = load_model(str(tmp_path), ServeSettings())
+    assert tokenizer.encode("is it spam") == [1, 2, 3]
+
+
 def test_a_zerolib_checkpoint_loads_into_the_factory_model(tmp_path):
     import zerolib
 
@@ -86,6 +98,18 @@ def test_serve_prefill_rejects_bad_arguments_before_starting_ranks(tmp_path, cap
     assert "serve.max_input_tokenz: unknown key; did you mean 'max_input_tokens'?" in capsys.readouterr().err
     assert cli_main(["serve-prefill", "--model", str(tmp_path), "--port", "70000"]) == 2
     assert "--port" in capsys.readouterr().err
+
+
+def test_serve_prefill_starts_the_worker_on_every_rank_through_the_launcher(tmp_path):
+    from zerolib.inference.serve.cli import build_parser, launcher_argv
+    from zerolib.launcher.options import parse_launch_args
+
+    args = build_parser().parse_args(["--model", str(tmp_path), "--num_procs", "4", "--port", "8000"])
+    launch = parse_launch_args(launcher_argv(args))
+    assert launch.num_procs == 4 and launch.module and launch.user_script == "zerolib.inference.serve.worker"
+    worker = launch.user_args
+    assert worker[worker.index("--host") + 1] == "127.0.0.1", "bound to this machine unless asked"
+    assert worker[worker.index("--port") + 1] == "8000" and worker[worker.index("--model") + 1] == str(tmp_path)
 
 
 def test_serve_prefill_without_the_backend_fails_before_starting_ranks(tmp_path, capsys):
