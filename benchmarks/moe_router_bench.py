@@ -133,7 +133,8 @@ def _bench_rank(args) -> dict | None:
 
 def report(runs: dict) -> list[str]:
     meta = runs.pop("_meta")
-    lines = [f"engine {meta['engine']} on {meta['world_size']} ranks (gloo, shared machine: medians of interleaved runs); "
+    lines = [f"engine {meta['engine']} on {meta['world_size']} ranks (gloo, shared machine: medians of "
+             f"interleaved runs); "
              f"T = {meta['threshold']:.3e} per-layer FLOPs ({meta['threshold'] / meta['mean_request_flops']:.1f} "
              f"uncached requests per rank per round)",
              f"{'router':<14}{'tokens/s':>11}{'wall s':>9}{'rounds':>8}{'cache-hit tok':>15}{'computed GFLOP':>16}"]
@@ -145,8 +146,9 @@ def report(runs: dict) -> list[str]:
     for baseline in ("least_loaded", "round_robin"):
         if "prefix" in speed and baseline in speed:
             goal = " (goal >= 1.15)" if baseline == "least_loaded" else ""
+            flops = median[baseline]["flops"] / median["prefix"]["flops"]
             lines.append(f"prefix / {baseline} tokens/s: {speed['prefix'] / speed[baseline]:.2f}x{goal}; "
-                         f"computed FLOPs {baseline} / prefix: {median[baseline]['flops'] / median['prefix']['flops']:.2f}x")
+                         f"computed FLOPs {baseline} / prefix: {flops:.2f}x")
     return lines
 
 

@@ -54,7 +54,8 @@ def test_saturated_rank_spills_its_prefix_to_the_least_loaded_rank():
     spilled = plan.assignment[len(owner_requests)]
     assert spilled != 0 and plan.cached_tokens[len(owner_requests)] == 0
     # once spilled, the prefix is pending on the new rank too and later requests share it there
-    assert all(c > 0 for i, c in enumerate(plan.cached_tokens) if plan.assignment[i] == spilled and i > len(owner_requests))
+    later = [i for i, r in enumerate(plan.assignment) if r == spilled and i > len(owner_requests)]
+    assert later and all(plan.cached_tokens[i] > 0 for i in later)
 
 
 def test_no_match_falls_back_to_least_loaded_and_ties_go_to_least_loaded():

@@ -15,7 +15,8 @@ httpx = pytest.importorskip("httpx", reason="httpx is not installed (pip install
 pytest.importorskip("fastapi", reason="fastapi is not installed (pip install zerolib[serve])")
 
 from support.prefill_standin import reference_scores  # noqa: E402
-from support.serving import VOCAB, FailingScorer, GatedScorer, ServerThread, prefix_workload, standin, tiny_gpt  # noqa: E402
+from support.serving import (VOCAB, FailingScorer, GatedScorer, ServerThread, prefix_workload,  # noqa: E402
+                             standin, tiny_gpt)
 from zerolib.inference.serve.settings import ServeSettings  # noqa: E402
 
 
@@ -70,7 +71,7 @@ def test_many_concurrent_clients_each_get_their_own_answers(server, model):
     assert not errors, errors
     for got, requests in zip(answers, calls):
         _check_answers(got, requests, model)
-    metrics = httpx.get(server.url + "/metrics").json()
+    metrics = httpx.get(server.url + "/metrics", timeout=60).json()
     assert metrics["rounds"] >= 2 and metrics["tokens_from_cache"] > 0, metrics
     assert metrics["requests_scored"] >= sum(map(len, calls))
 
@@ -83,13 +84,15 @@ def test_text_requests_use_the_tokenizer_and_logits_come_on_request(server, mode
     ids = ByteTokenizer().encode("hello there")
     _check_answers([result], [{"input_ids": ids, "candidates": [1, 2]}], model)
     assert len(result["logits"]) == VOCAB
-    plain = httpx.post(server.url + "/v1/score", json={"requests": [{"input_ids": ids, "candidates": [1, 2]}]})
+    plain = httpx.post(server.url + "/v1/score", json={"requests": [{"input_ids": ids, "candidates": [1, 2]}]},
+                       timeout=60)
     assert "logits" not in plain.json()["results"][0]
 
 
 BAD_INPUTS = [
     (b'{"requests": [{"input_ids": [1, 2], "candidates": [3]}', 400, "not valid JSON"),
-    (json.dumps({"requests": [{"input_ids": [1], "candidates": [3], "label": 1}]}), 422, "requests[0].label: unknown field"),
+    (json.dumps({"requests": [{"input_ids": [1], "candidates": [3], "label": 1}]}), 422,
+     "requests[0].label: unknown field"),
     (json.dumps({"requests": [{"input_ids": [1]}], "stream": True}), 422, "stream: unknown field"),
     (json.dumps({"requests": [{"input_ids": [1] * 101, "candidates": [3]}]}), 422, "longer than the limit of 100"),
     (json.dumps({"requests": [{"input_ids": [1, 2], "candidates": []}]}), 422, "at least 1 candidate"),
@@ -107,19 +110,20 @@ BAD_INPUTS = [
 
 @pytest.mark.parametrize("body,status,message", BAD_INPUTS, ids=[m for _, _, m in BAD_INPUTS])
 def test_bad_input_gets_a_clear_4xx_and_the_server_stays_healthy(server, model, body, status, message):
-    reply = httpx.post(server.url + "/v1/score", content=body, headers={"content-type": "application/json"})
+    reply = httpx.post(server.url + "/v1/score", content=body, headers={"content-type": "application/json"}, timeout=60)
     assert reply.status_code == status, reply.text
     assert message in reply.json()["error"], reply.json()
-    assert httpx.get(server.url + "/health").json()["status"] == "ok"
+    assert httpx.get(server.url + "/health", timeout=60).json()["status"] == "ok"
     good = {"input_ids": [5, 6, 7], "candidates": [1, 2]}
-    _check_answers(httpx.post(server.url + "/v1/score", json={"requests": [good]}).json()["results"], [good], model)
+    reply = httpx.post(server.url + "/v1/score", json={"requests": [good]}, timeout=60)
+    _check_answers(reply.json()["results"], [good], model)
 
 
 def test_health_and_metrics_report_queue_load_throughput_and_threshold(server):
-    health = httpx.get(server.url + "/health").json()
+    health = httpx.get(server.url + "/health", timeout=60).json()
     for key in ("queue_depth", "engine_load_last_round_flops", "throughput_tokens_per_s", "threshold_flops"):
         assert key in health, health
-    metrics = httpx.get(server.url + "/metrics").json()
+    metrics = httpx.get(server.url + "/metrics", timeout=60).json()
     assert metrics["router"] == "prefix" and metrics["ranks"] == 1 and metrics["threshold_flops"] > 0
     assert len(metrics["engine_load_total_flops"]) == 1 and metrics["t_ep_seconds"] > 0
 
@@ -149,19 +153,20 @@ def test_a_client_that_disconnects_loses_no_one_else_s_result_and_a_full_queue_s
             later=httpx.post(running.url + "/v1/score", json={"requests": later}, timeout=60)))
         waiter.start()
         for _ in range(200):  # the vanished client is noticed and its request dropped
-            metrics = httpx.get(running.url + "/metrics").json()
+            metrics = httpx.get(running.url + "/metrics", timeout=60).json()
             if metrics["cancelled_calls"] == 1 and metrics["queue_depth"] == 2:
                 break
             threading.Event().wait(0.05)
         assert metrics["cancelled_calls"] == 1 and metrics["queue_depth"] == 2, metrics
-        full = httpx.post(running.url + "/v1/score", json={"requests": prefix_workload(2, seed=10)})
+        full = httpx.post(running.url + "/v1/score", json={"requests": prefix_workload(2, seed=10)}, timeout=60)
         assert full.status_code == 503 and "max_queue_requests" in full.json()["error"]
         gated.gate.set()
         holder.join(timeout=60)
         waiter.join(timeout=60)
         _check_answers(answers["first"].json()["results"], first, model)
         _check_answers(answers["later"].json()["results"], later, model)
-        assert httpx.get(running.url + "/metrics").json()["requests_scored"] == 3  # the vanished one never ran
+        scored = httpx.get(running.url + "/metrics", timeout=60).json()["requests_scored"]
+        assert scored == 3, "the vanished client's request must never run"
     finally:
         gated.gate.set()
         assert running.close() == 0

@@ -142,7 +142,8 @@ class StandInScorer:
         for layer, block in enumerate(model.blocks):
             q, k, v = block.attn.qkv(block.ln1(x)).split(width, dim=2)
             q, k, v = (t.view(batch, longest, heads, width // heads).transpose(1, 2) for t in (q, k, v))
-            all_k, all_v = q.new_zeros(batch, heads, keys, width // heads), q.new_zeros(batch, heads, keys, width // heads)
+            all_k = q.new_zeros(batch, heads, keys, width // heads)
+            all_v = torch.zeros_like(all_k)
             for b, (prefix, start, count) in enumerate(zip(prefixes, starts, new)):
                 if prefix is not None:
                     all_k[b, :, :start], all_v[b, :, :start] = prefix[layer, 0], prefix[layer, 1]
@@ -165,14 +166,28 @@ class StandInScorer:
             self.stats["computed_flops"] += self.cost.prefill(len(item.tokens), start) * self.cost.num_layers
             self.stats["requests"] += 1
 
+    @staticmethod
+    def _similar_lengths(indices: list[int], items: list[_Item]) -> list[list[int]]:
+        """Split a pass into batches whose new-token counts are within 2x of each other, so that
+        padding (which a packed engine does not pay) wastes at most half of a batch's rows."""
+        def new_tokens(i):
+            return len(items[i].tokens) - items[i].matched * BLOCK_TOKENS
+        groups: list[list[int]] = []
+        for i in sorted(indices, key=new_tokens):
+            if groups and new_tokens(i) <= 2 * new_tokens(groups[-1][0]):
+                groups[-1].append(i)
+            else:
+                groups.append([i])
+        return groups
+
     def score_own(self, token_lists: list[list[int]]) -> list[torch.Tensor]:
         """Last-position logits of this rank's requests (in order), batched by pass."""
         items = self._plan(token_lists)
         logits: list[torch.Tensor | None] = [None] * len(items)
         for level in sorted({item.level for item in items}):
-            chosen = [i for i, item in enumerate(items) if item.level == level]
-            for i, row in zip(chosen, self._forward([items[i] for i in chosen])):
-                logits[i] = row
+            for chosen in self._similar_lengths([i for i, item in enumerate(items) if item.level == level], items):
+                for i, row in zip(chosen, self._forward([items[i] for i in chosen])):
+                    logits[i] = row
         self.cache.settle([item.hashes[:item.reusable] for item in items])
         return logits
 
