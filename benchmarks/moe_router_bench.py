@@ -162,7 +162,9 @@ def parse_args(argv):
     parser.add_argument("--per_wave", type=int, default=96)
     parser.add_argument("--prefixes", type=int, default=6, help="distinct shared prefixes")
     parser.add_argument("--prefix_tokens", type=int, default=160)
-    parser.add_argument("--cache_blocks", type=int, default=48, help="stand-in prefix cache per rank, in blocks")
+    parser.add_argument("--cache_blocks", type=int, default=48,
+                        help="stand-in prefix cache per rank, in blocks (48: the default mix's ~60 prefix blocks "
+                             "fit in two ranks' caches together but not in one; 256 holds them all everywhere)")
     parser.add_argument("--round_requests", type=float, default=8.0, help="stand-in T, in uncached requests per rank")
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
