@@ -61,13 +61,13 @@ def create_app(queue: RequestQueue, metrics: ServerMetrics, limits: Limits, sett
     @app.post("/v1/score")
     async def score(request: Request):
         try:
-            requests, return_logits = parse_call(await _read_body(request, settings.max_body_bytes), limits, tokenizer)
+            call = parse_call(await _read_body(request, settings.max_body_bytes), limits, tokenizer)
         except RequestError as err:
             metrics.rejected += 1
             return _error(err.status, err.message)
         if not metrics.alive:
             return _error(503, f"the scoring loop has stopped: {metrics.error}")
-        job = Job(requests, return_logits, asyncio.get_running_loop())
+        job = Job(call.requests, call.return_logits, asyncio.get_running_loop())
         try:
             queue.submit(job)
         except QueueFull as err:
@@ -84,7 +84,7 @@ def create_app(queue: RequestQueue, metrics: ServerMetrics, limits: Limits, sett
                                f"(serve.request_timeout_seconds); its requests were dropped")
         if job.future.exception() is not None:
             return _error(503, str(job.future.exception()))
-        return {"results": job.future.result()}
+        return {"results": call.answer(job.future.result())}
 
     @app.get("/health")
     async def health():
