@@ -91,14 +91,15 @@ def test_text_requests_use_the_tokenizer_and_logits_come_on_request(server, mode
 
 def test_a_multi_label_request_is_scored_as_siblings_sharing_its_prompt(server, model):
     prompt = [(5 * i) % VOCAB for i in range(40)]
-    labels = [[1, 2], [3], [4, 5, 6]]
+    labels = [{"input_ids": [1, 2]}, {"input_ids": [3], "candidates": [9, 10]}, {"input_ids": [4, 5, 6]}]
     body = {"requests": [{"input_ids": prompt, "labels": labels, "candidates": [7, 8]},
                          {"input_ids": prompt[:20], "candidates": [9]}]}
     before = httpx.get(server.url + "/metrics", timeout=60).json()["tokens_from_cache"]
     reply = httpx.post(server.url + "/v1/score", json=body, timeout=60)
     assert reply.status_code == 200, reply.text
     multi, plain = reply.json()["results"]
-    siblings = [{"input_ids": prompt + label, "candidates": [7, 8]} for label in labels]
+    siblings = [{"input_ids": prompt + label["input_ids"], "candidates": label.get("candidates", [7, 8])}
+                for label in labels]
     _check_answers(multi["labels"], siblings, model)
     _check_answers([plain], [body["requests"][1]], model)
     after = httpx.get(server.url + "/metrics", timeout=60).json()["tokens_from_cache"]
@@ -121,11 +122,15 @@ BAD_INPUTS = [
     (json.dumps({"requests": [{"input_ids": [1], "candidates": list(range(9))}]}), 422, "limit of 8"),
     (json.dumps({"requests": [{"input_ids": [1], "candidates": [1]}] * 9}), 413, "limit of 8"),
     (json.dumps({"requests": [{"input_ids": [1] * 8000, "candidates": [1]}]}), 413, "max_body_bytes"),
-    (json.dumps({"requests": [{"input_ids": [1], "labels": [[2], []], "candidates": [1]}]}), 422,
-     "requests[0].labels[1]: a label needs at least 1 token"),
-    (json.dumps({"requests": [{"input_ids": [1] * 99, "labels": [[2, 3]], "candidates": [1]}]}), 422,
-     "labels[0]: input is 101 tokens"),
-    (json.dumps({"requests": [{"input_ids": [1], "labels": [[2]] * 9, "candidates": [1]}]}), 413,
+    (json.dumps({"requests": [{"labels": [{"input_ids": [2]}, {}], "candidates": [1]}]}), 422,
+     "requests[0].labels[1]: the prompt and this label's suffix are both empty"),
+    (json.dumps({"requests": [{"input_ids": [1] * 99, "labels": [{"input_ids": [2, 3]}], "candidates": [1]}]}),
+     422, "labels[0]: input is 101 tokens"),
+    (json.dumps({"requests": [{"input_ids": [1], "labels": [{"input_ids": [2]}]}]}), 422,
+     "requests[0].candidates: missing"),
+    (json.dumps({"requests": [{"input_ids": [1], "labels": [{"input_ids": [2], "label": 1}], "candidates": [1]}]}),
+     422, "labels[0].label: unknown field (allowed in a label"),
+    (json.dumps({"requests": [{"input_ids": [1], "labels": [{"input_ids": [2]}] * 9, "candidates": [1]}]}), 413,
      "labels count one each"),
 ]
 

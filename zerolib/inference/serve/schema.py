@@ -2,16 +2,18 @@
 
     {"requests": [{"input_ids": [int, ...], "candidates": [int, ...]},
                   {"text": "...", "candidates": [int, ...]},           # text needs a tokenizer
-                  {"input_ids": [...], "labels": [[int, ...], ...], "candidates": [yes, no]}],
+                  {"input_ids": [...], "candidates": [yes, no],                 # multi-label
+                   "labels": [{"input_ids": [...]}, {"text": "...", "candidates": [...]}]}],
      "return_logits": false}
     -> {"results": [{"logprobs": [float per candidate], "best": int, "rank": int,
                      "logits": [float per vocabulary entry]  (only with return_logits)},
                     ...,
                     {"labels": [one such result per label]}]}
 
-A multi-label request is split here into sibling requests, prompt + label tokens each, that
-share the prompt as their prefix (so the router keeps them on one rank and the prompt is
-computed once); its answer gathers the siblings' results in label order.
+A multi-label request (the engine's format, zerolib.inference.requests) is split here into
+sibling requests, prompt + the label's suffix each, scored against the label's candidates or
+else the request's; they share the prompt as their prefix, so the router keeps them on one
+rank and the prompt is computed once. Its answer gathers the siblings' results in label order.
 
 Every problem is a :class:`RequestError` with an HTTP status and a message naming the field
 (``requests[2].candidates: must list at least 1 candidate``): 400 for a body that is not JSON,
@@ -35,14 +37,24 @@ class RequestError(Exception):
         self.status, self.message = status, message
 
 
-class ScoreItem(BaseModel):
-    """One request: a prompt (token ids, or text when the server has a tokenizer) and candidates."""
+class LabelItem(BaseModel):
+    """One label of a multi-label request: the suffix after the prompt, and its own candidates."""
 
     model_config = ConfigDict(extra="forbid")
     input_ids: list[StrictInt] | None = None
     text: StrictStr | None = None
-    labels: list[list[StrictInt]] | None = Field(default=None, min_length=1)
-    candidates: list[StrictInt] = Field(min_length=1)
+    candidates: list[StrictInt] | None = Field(default=None, min_length=1)
+
+
+class ScoreItem(BaseModel):
+    """One request: a prompt (token ids, or text when the server has a tokenizer), candidates,
+    and for a multi-label request its labels."""
+
+    model_config = ConfigDict(extra="forbid")
+    input_ids: list[StrictInt] | None = None
+    text: StrictStr | None = None
+    candidates: list[StrictInt] | None = Field(default=None, min_length=1)
+    labels: list[LabelItem] | None = Field(default=None, min_length=1)
 
 
 class ScoreCall(BaseModel):
@@ -89,8 +101,10 @@ def _pydantic_message(err: ValidationError) -> str:
         path = format_path(problem["loc"]) if problem["loc"] else "body"
         detail = problem["msg"]
         if problem["type"] == "extra_forbidden":
-            detail = ("unknown field (allowed: input_ids or text, labels, candidates; "
-                      "top level: requests, return_logits)")
+            detail = {1: "unknown field (allowed: requests, return_logits)",
+                      3: "unknown field (allowed: input_ids or text, candidates, labels)",
+                      5: "unknown field (allowed in a label: input_ids or text, candidates)"}.get(
+                          len(problem["loc"]), "unknown field")
         if problem["type"] == "too_short" and path.endswith("candidates"):
             detail = "must list at least 1 candidate"
         messages.append(f"{path}: {detail}")
@@ -104,8 +118,9 @@ def _check_ids(where: str, ids: list[int], vocab_size: int) -> None:
             raise RequestError(422, f"{where}[{position}]: token id {token} is outside the vocabulary {bound}")
 
 
-def _tokens(index: int, item: ScoreItem, limits: Limits, tokenizer) -> list[int]:
-    where = f"requests[{index}]"
+def _tokens(where: str, item: ScoreItem | LabelItem, limits: Limits, tokenizer, allow_empty: bool) -> list[int]:
+    if item.input_ids is None and item.text is None and allow_empty:
+        return []
     if (item.input_ids is None) == (item.text is None):
         raise RequestError(422, f"{where}: give exactly one of input_ids and text")
     if item.text is not None:
@@ -114,11 +129,20 @@ def _tokens(index: int, item: ScoreItem, limits: Limits, tokenizer) -> list[int]
         ids = list(tokenizer.encode(item.text))
     else:
         ids = item.input_ids
-    if not ids:
+    if not ids and not allow_empty:
         raise RequestError(422, f"{where}: the input is empty; at least 1 token is needed")
-    _check_length(where, len(ids), limits)
     _check_ids(f"{where}.input_ids", ids, limits.vocab_size)
     return ids
+
+
+def _candidates(where: str, candidates: list[int] | None, limits: Limits) -> list[int]:
+    if candidates is None:
+        raise RequestError(422, f"{where}.candidates: missing; list the candidate token ids to score")
+    if len(candidates) > limits.max_candidates:
+        raise RequestError(422, f"{where}.candidates: {len(candidates)} candidates, more than the limit of "
+                                f"{limits.max_candidates} (serve.max_candidates)")
+    _check_ids(f"{where}.candidates", candidates, limits.vocab_size)
+    return list(candidates)
 
 
 def _check_length(where: str, length: int, limits: Limits) -> None:
@@ -127,17 +151,23 @@ def _check_length(where: str, length: int, limits: Limits) -> None:
                                 f"{limits.max_input_tokens} (serve.max_input_tokens)")
 
 
-def _siblings(index: int, ids: list[int], labels: list[list[int]], limits: Limits) -> list[list[int]]:
-    """One input per label: the prompt, then the label's tokens."""
-    out = []
-    for number, label in enumerate(labels):
-        where = f"requests[{index}].labels[{number}]"
-        if not label:
-            raise RequestError(422, f"{where}: a label needs at least 1 token")
-        _check_ids(where, label, limits.vocab_size)
-        _check_length(where, len(ids) + len(label), limits)
-        out.append(ids + label)
-    return out
+def _inputs(index: int, item: ScoreItem, limits: Limits, tokenizer) -> list[dict]:
+    """The engine requests of one call entry: itself, or one sibling per label."""
+    where = f"requests[{index}]"
+    prompt = _tokens(where, item, limits, tokenizer, allow_empty=item.labels is not None)
+    if item.labels is None:
+        _check_length(where, len(prompt), limits)
+        return [{"input_ids": prompt, "candidates": _candidates(where, item.candidates, limits)}]
+    siblings = []
+    for number, label in enumerate(item.labels):
+        label_where = f"{where}.labels[{number}]"
+        tokens = prompt + _tokens(label_where, label, limits, tokenizer, allow_empty=True)
+        if not tokens:
+            raise RequestError(422, f"{label_where}: the prompt and this label's suffix are both empty")
+        _check_length(label_where, len(tokens), limits)
+        own = (label_where, label.candidates) if label.candidates is not None else (where, item.candidates)
+        siblings.append({"input_ids": tokens, "candidates": _candidates(*own, limits)})
+    return siblings
 
 
 def parse_call(body: bytes, limits: Limits, tokenizer=None) -> ParsedCall:
@@ -154,12 +184,7 @@ def parse_call(body: bytes, limits: Limits, tokenizer=None) -> ParsedCall:
                                 f"the limit of {limits.max_requests} (serve.max_requests_per_call)")
     parsed = ParsedCall([], [], call.return_logits)
     for index, item in enumerate(call.requests):
-        ids = _tokens(index, item, limits, tokenizer)
-        if len(item.candidates) > limits.max_candidates:
-            raise RequestError(422, f"requests[{index}].candidates: {len(item.candidates)} candidates, more "
-                                    f"than the limit of {limits.max_candidates} (serve.max_candidates)")
-        _check_ids(f"requests[{index}].candidates", item.candidates, limits.vocab_size)
-        inputs = [ids] if item.labels is None else _siblings(index, ids, item.labels, limits)
-        parsed.requests.extend({"input_ids": tokens, "candidates": list(item.candidates)} for tokens in inputs)
+        inputs = _inputs(index, item, limits, tokenizer)
+        parsed.requests.extend(inputs)
         parsed.shape.append(None if item.labels is None else len(inputs))
     return parsed

@@ -68,7 +68,11 @@ class HttpThread:
 
 
 def limits_for(engine, settings: ServeSettings, max_positions: int | None) -> Limits:
-    longest = settings.max_input_tokens if max_positions is None else min(settings.max_input_tokens, max_positions)
+    """What a call may ask. The longest input is the smallest of serve.max_input_tokens, the
+    model's positions and the engine's own limit when it exposes one (``max_input_tokens``, not
+    in the contract): a request the engine would refuse inside ``score`` would end the job."""
+    bounds = [settings.max_input_tokens, max_positions, getattr(engine, "max_input_tokens", None)]
+    longest = min(bound for bound in bounds if bound is not None)
     return Limits(max_requests=settings.max_requests_per_call, max_input_tokens=longest,
                   max_candidates=settings.max_candidates, vocab_size=engine.cost.vocab_size)
 
