@@ -111,7 +111,8 @@ def _engine_factory(args, comm: CommContext):
     from zerolib.inference.serve.load import build_engine
     from zerolib.inference.serve.settings import ServeSettings
 
-    return lambda: build_engine(args.model, {"moe_prefill": {"mode": "async_ep"}}, ServeSettings())[0]
+    config = {"moe_prefill": {"mode": "async_ep", "cache_blocks": args.cache_blocks}}
+    return lambda: build_engine(args.model, config, ServeSettings())[0]
 
 
 def _bench_rank(args) -> dict | None:
@@ -163,7 +164,7 @@ def parse_args(argv):
     parser.add_argument("--prefixes", type=int, default=6, help="distinct shared prefixes")
     parser.add_argument("--prefix_tokens", type=int, default=160)
     parser.add_argument("--cache_blocks", type=int, default=48,
-                        help="stand-in prefix cache per rank, in blocks (48: the default mix's ~60 prefix blocks "
+                        help="prefix cache per rank, in blocks (48: the default mix's ~60 prefix blocks "
                              "fit in two ranks' caches together but not in one; 256 holds them all everywhere)")
     parser.add_argument("--round_requests", type=float, default=8.0, help="stand-in T, in uncached requests per rank")
     parser.add_argument("--width", type=int, default=256)
