@@ -41,8 +41,13 @@ setup(
     # safetensors: the field's standard weights format; `initialize(..., pretrained=DIR)` reads a
     # Hugging Face checkpoint's slices with it and `zerolib export --safetensors` writes it, and
     # the tests compare loaded weights with the files (transformers pulls it in, but zerolib
-    # imports it directly, so it is named). dev takes them all so no test skips in CI.
-    extras_require={"dev": ["pytest", "transformers", "safetensors", "matplotlib", "tensorboard"],
-                    "plot": ["matplotlib"], "monitor": ["tensorboard"], "safetensors": ["safetensors"]},
+    # imports it directly, so it is named).
+    # serve: `zerolib serve-prefill`, on the serving stack vLLM uses (FastAPI app, uvicorn server).
+    # dev takes them all, plus httpx (FastAPI's own test client library) for the real-HTTP server
+    # tests, so that no test skips in CI.
+    extras_require={"dev": ["pytest", "transformers", "safetensors", "matplotlib", "tensorboard", "fastapi",
+                            "uvicorn", "httpx"],
+                    "plot": ["matplotlib"], "monitor": ["tensorboard"], "safetensors": ["safetensors"],
+                    "serve": ["fastapi", "uvicorn"]},
     entry_points={"console_scripts": ["zerolib=zerolib.cli:main"]},
 )

@@ -5,6 +5,7 @@
     zerolib estimate [...]           memory estimates                    (zerolib.estimator)
     zerolib export [...]             checkpoint export                   (zerolib.checkpoint.export)
     zerolib plot RUN_DIR [...]       PNG of a csv_monitor run            (zerolib.plot)
+    zerolib serve-prefill [...]      MoE-prefill scoring server          (zerolib.inference.serve.cli)
     zerolib [launch] [launcher options] script.py args...   (docs/launcher.md)
 
 Each subcommand's module is imported only when asked for, so a missing or broken optional
@@ -20,6 +21,7 @@ SUBCOMMANDS = {
     ("estimate",): "zerolib.estimator",
     ("export",): "zerolib.checkpoint.export",
     ("plot",): "zerolib.plot",
+    ("serve-prefill",): "zerolib.inference.serve.cli",
 }
 NOT_AVAILABLE_STATUS = 2
 
