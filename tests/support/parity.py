@@ -33,7 +33,8 @@ class Case:
 
     @property
     def name(self) -> str:
-        return f"{self.model}-stage{self.stage}-{self.dtype}-gas{self.gas}-clip{self.clip}"
+        extra = "".join(f"-{key}={value}" for key, value in self.zero_extra)
+        return f"{self.model}-stage{self.stage}-{self.dtype}-gas{self.gas}-clip{self.clip}{extra}"
 
 
 def make_model(seed: int = 0, kind: str = "gpt", config: GPTConfig = TINY) -> GPT:

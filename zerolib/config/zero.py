@@ -21,7 +21,9 @@ class ZeroOptimizationConfig(StrictModel):
         0, "0: plain data parallel; 1: partition optimizer states; 2: + gradients; "
            "3: + parameters.")
     reduce_bucket_size: Count = described(
-        500_000_000, "Elements reduced per gradient bucket.", ge=1)
+        500_000_000, "Elements reduced per gradient bucket, at most. Stages 0-2 also cut buckets at "
+                     "25 MiB of the communication dtype, as DDP does, so that reduction overlaps backward.",
+        ge=1)
     allgather_bucket_size: Count = described(
         500_000_000, "Elements all-gathered per bucket after the step (stages 1-2).", ge=1)
     overlap_comm: bool = described(

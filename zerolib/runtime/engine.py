@@ -11,6 +11,7 @@ from zerolib.config import ZeroConfig, load_config
 from zerolib.monitor import MonitorHub
 from zerolib.offload import offload_optimizer_factory
 from zerolib.partition.materialize import MetaMaterializer, is_on_meta
+from zerolib.partition.replicated import ReplicatedParams, install_forward_waits
 from zerolib.runtime.lr_schedules import build_schedule
 from zerolib.runtime.optim_factory import build_optimizer
 from zerolib.utils.logging import get_logger
@@ -121,8 +122,12 @@ class ZeroEngine:
         if zero.offload_optimizer.device != "none":  # ZeRO-Offload: see zerolib/offload
             make_optimizer = offload_optimizer_factory(cfg, self.comm.rank, make_device_optimizer=make_optimizer)
         if zero.stage < 3:
-            return ZeroOptimizer(trainable, self.comm, settings, make_optimizer=make_optimizer,
-                                 fp32_values=fp32_values, loss_scaler=self.loss_scaler)
+            optimizer = ZeroOptimizer(trainable, self.comm, settings, make_optimizer=make_optimizer,
+                                      fp32_values=fp32_values, loss_scaler=self.loss_scaler)
+            if isinstance(optimizer.store, ReplicatedParams) and optimizer.store.defer_publish:
+                install_forward_waits(self.module, optimizer.store)
+                self.module.register_state_dict_pre_hook(lambda *args, **kwargs: optimizer.wait_for_parameters())
+            return optimizer
         offload_param = zero.offload_param  # cpu: shards live on the host between gathers
         self.stage3 = plan = plan_stage3(self.module, self.comm, settings, self.dtype, fill=self.materializer,
                                           verify_order=cfg.comm.verify_module_order,
@@ -236,6 +241,7 @@ class ZeroEngine:
     # -- inspection -------------------------------------------------------------------------
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """Every parameter's full fp32 value (master weights for trainable ones), on every rank."""
+        self._wait_for_parameters()
         result = self.optimizer.full_master_weights() if self.optimizer else {}
         missing = [(name, p) for name, p in self.module.named_parameters() if name not in result]
         if self.stage3 is not None and missing:
@@ -249,6 +255,7 @@ class ZeroEngine:
     @contextmanager
     def gathered_parameters(self, params, modifier_rank: int | None = None):
         """Full ``params`` inside the block; ``modifier_rank``'s edits are kept (see GatheredParameters)."""
+        self._wait_for_parameters()
         wanted = {id(p) for p in ([params] if isinstance(params, torch.Tensor) else params)}
         stores = [(self.optimizer.store, True)]
         if self.stage3 is not None and self.stage3.frozen_store is not None:
@@ -278,6 +285,10 @@ class ZeroEngine:
         if trainable:
             self.optimizer.refresh_master(index)
 
+    def _wait_for_parameters(self) -> None:
+        if self.optimizer is not None:
+            self.optimizer.wait_for_parameters()
+
     def comm_stats(self) -> dict[str, dict[str, float]]:
         """``{kind: {"calls", "bytes", "inter_bytes", "seconds"}}`` since :meth:`reset_comm_stats`."""
         return self.comm.ledger.snapshot()
@@ -296,18 +307,23 @@ class ZeroEngine:
     def save_checkpoint(self, save_dir, tag=None, client_state=None) -> str:
         """Every rank writes its shard of ``save_dir/tag``; see docs/checkpoints.md."""
         from zerolib.checkpoint import save_checkpoint
+        self._wait_for_parameters()
         return save_checkpoint(self, save_dir, tag=tag, client_state=client_state)
 
     def load_checkpoint(self, load_dir, tag=None, load_optimizer_states=True, load_lr_scheduler_states=True,
                         load_module_only=False):
         """``(path, client_state)`` after loading ``load_dir/tag`` (any world size or stage)."""
         from zerolib.checkpoint import load_checkpoint
-        return load_checkpoint(self, load_dir, tag=tag, load_optimizer_states=load_optimizer_states,
-                               load_lr_scheduler_states=load_lr_scheduler_states, load_module_only=load_module_only)
+        self._wait_for_parameters()
+        loaded = load_checkpoint(self, load_dir, tag=tag, load_optimizer_states=load_optimizer_states,
+                                 load_lr_scheduler_states=load_lr_scheduler_states, load_module_only=load_module_only)
+        self._wait_for_parameters()
+        return loaded
 
     def save_16bit_model(self, save_dir, save_filename="pytorch_model.bin") -> bool:
         """Rank 0 writes the full 16-bit (working dtype) state dict to ``save_dir/save_filename``."""
         from zerolib.checkpoint import save_16bit_model
+        self._wait_for_parameters()
         return save_16bit_model(self, save_dir, save_filename)
 
 

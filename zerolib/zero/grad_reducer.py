@@ -40,7 +40,9 @@ class GradientReducer:
 
     def __init__(self, comm: CommContext, layout: FlatLayout, params: dict[str, torch.nn.Parameter], *,
                  stage: int, comm_dtype: torch.dtype, overlap_comm: bool, predivide_factor: float = 1.0,
-                 on_reduced=None):
+                 on_reduced=None, check_fresh=None):
+        """``check_fresh(slot)``, if given, runs as each gradient arrives: it raises if the
+        parameter was read before its deferred all-gather had finished (ReplicatedParams)."""
         self.comm, self.layout, self.params, self.stage = comm, layout, params, stage
         self.comm_dtype, self.overlap_comm = comm_dtype, overlap_comm
         self.predivide_factor = predivide_factor
@@ -49,6 +51,7 @@ class GradientReducer:
         # be released at once; stage 2 keeps one fixed order so that ranks may take branches.
         self.ordered_launch = stage < 3
         self.on_reduced = on_reduced
+        self.check_fresh = check_fresh
         self.shard = comm.rank if layout.num_shards > 1 else 0
         param_dtype = next(iter(params.values())).dtype
         device = next(iter(params.values())).device
@@ -90,6 +93,8 @@ class GradientReducer:
 
     def _on_grad_ready(self, slot: ParamSlot, param: torch.Tensor) -> None:
         index = slot.buffer_index
+        if self.check_fresh is not None:
+            self.check_fresh(slot)
         if self.stage < 2:  # the gradient already sits in its full buffer
             if self._boundary:
                 self._reported[index] += 1

@@ -26,6 +26,12 @@ from zerolib.zero.grad_reducer import GradientReducer
 from zerolib.zero.loss_scaler import DynamicLossScaler
 
 
+# Stages 0-2 cut their flat buffers at 25 MiB of the communication dtype (DDP's bucket_cap_mb)
+# even where reduce_bucket_size allows more: a buffer's reduction can start only once backward
+# has filled all of it, so one model-sized buffer would leave nothing to overlap with backward.
+OVERLAP_BUCKET_BYTES = 25 << 20
+
+
 @dataclass
 class StepReport:
     """What one optimizer step did: whether it was skipped for overflow, and the grad norm."""
@@ -65,14 +71,18 @@ class ZeroOptimizer:
         if layout is None:
             num_shards = 1 if settings.stage == 0 else comm.world_size
             shapes = [(name, p.shape) for name, p in params.items()]
-            layout = FlatLayout.packed(shapes, num_shards, max_buffer_numel=settings.bucket_numel)
-            store = ReplicatedParams(layout, params, comm)
+            overlap_numel = OVERLAP_BUCKET_BYTES // settings.comm_dtype.itemsize
+            layout = FlatLayout.packed(shapes, num_shards, max_buffer_numel=min(settings.bucket_numel, overlap_numel))
+            # overlap_comm: the post-step all-gather finishes during the next forward (ReplicatedParams)
+            store = ReplicatedParams(layout, params, comm, defer_publish=settings.overlap_comm and settings.stage > 0)
         self.layout, self.store = layout, store
+        deferred = isinstance(store, ReplicatedParams) and store.defer_publish
         self.shard = comm.rank if layout.num_shards > 1 else 0
         self.master = self._make_master(fp32_values)
         self.reducer = GradientReducer(comm, self.layout, params, stage=settings.stage,
                                        comm_dtype=settings.comm_dtype, overlap_comm=settings.overlap_comm,
-                                       predivide_factor=settings.predivide_factor, on_reduced=on_buffer_reduced)
+                                       predivide_factor=settings.predivide_factor, on_reduced=on_buffer_reduced,
+                                       check_fresh=store.check_fresh if deferred else None)
         self.optimizer = make_optimizer(self.master)
         # -- offload hook: an offloaded optimizer (zerolib.offload.OffloadAdam) writes the 16-bit
         # working slices in the same pass as the update, so _write_back must not copy them again.
@@ -110,6 +120,7 @@ class ZeroOptimizer:
 
     def step(self) -> StepReport:
         """Unscales, checks for overflow, clips, steps the owned slices and re-publishes them."""
+        self.wait_for_parameters()
         grads = self.reducer.grad_shards
         for index, grad in enumerate(grads):  # a rank with no gradient at all still steps zeros
             if grad is None:
@@ -138,6 +149,12 @@ class ZeroOptimizer:
         if self.loss_scaler is not None:
             self.loss_scaler.update(False)
         return StepReport(skipped=False, grad_norm=norm)
+
+    def wait_for_parameters(self) -> None:
+        """Completes a deferred publish (stages 1-2 with overlap_comm), so that every rank's
+        parameters hold the last step's values."""
+        if isinstance(self.store, ReplicatedParams):
+            self.store.finish_publish()
 
     def _global_norm(self, grads: list[torch.Tensor]) -> float:
         norms = torch._foreach_norm([g.float() if g.dtype != torch.float32 else g for g in grads])
