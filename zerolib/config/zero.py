@@ -27,7 +27,10 @@ class ZeroOptimizationConfig(StrictModel):
     allgather_bucket_size: Count = described(
         500_000_000, "Elements all-gathered per bucket after the step (stages 1-2).", ge=1)
     overlap_comm: bool = described(
-        False, "Overlap gradient reduction with the backward pass; defaults to true for stage 3.")
+        False, "Overlap gradient reduction with the backward pass; in stages 1-2 also finish the "
+               "parameter all-gather during the next forward, each module waiting for its own "
+               "parameters (a parameter read outside its module's forward is then an error naming "
+               "it). Defaults to true for stage 3, false otherwise, as in DeepSpeed.")
     contiguous_gradients: bool = described(
         True, "Copy gradients into one contiguous buffer as they are produced.")
     reduce_scatter: bool = described(
