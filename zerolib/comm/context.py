@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
+from zerolib.comm.groups import GroupCache
 from zerolib.comm.ledger import CommLedger, wire_bytes
 from zerolib.comm.scratch import ScratchPool
 
@@ -79,6 +80,7 @@ class CommContext:
     ledger: CommLedger = field(default_factory=CommLedger)
     scratch: ScratchPool = field(default_factory=ScratchPool, init=False, repr=False)
     _p2p_calls: int = field(default=0, init=False, repr=False)
+    _groups: GroupCache | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def from_environment(cls, timeout_seconds: float = 600.0, node_size: int | None = None) -> "CommContext":
@@ -97,6 +99,21 @@ class CommContext:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
+
+    def block_group(self, size: int):
+        """This rank's group of ``size`` consecutive ranks (its node when ``size`` is
+        ``node_size``); None when that is the whole world. Every rank must ask for the same
+        sizes in the same order (see zerolib/comm/groups.py)."""
+        return self._group_cache().block(size)
+
+    def stride_group(self, size: int):
+        """The ranks sharing this rank's index inside blocks of ``size`` (one per block)."""
+        return self._group_cache().stride(size)
+
+    def _group_cache(self) -> GroupCache:
+        if self._groups is None:
+            self._groups = GroupCache(self.rank, self.world_size)
+        return self._groups
 
     def _group_size(self, group) -> int:
         return self.world_size if group is None else dist.get_world_size(group)
