@@ -52,6 +52,11 @@ class PendingCollective:
     ledger: CommLedger
     on_done: object | None = None
 
+    def is_done(self) -> bool:
+        """Whether the transfer has completed (``wait`` would not block on the wire)."""
+        works = self.work if isinstance(self.work, list) else [self.work]
+        return all(work is None or work.is_completed() for work in works)
+
     def wait(self) -> None:
         if self.work is not None:
             start = time.perf_counter()

@@ -19,7 +19,6 @@ from zerolib.utils.timers import StepTimers
 from zerolib.zero import StepReport, ZeroOptimizer, ZeroSettings, scaler_from_config
 from zerolib.zero.stage3 import Stage3Plan, plan_stage3
 from zerolib.zero.zeropp import ZeroPPSettings
-from zerolib.zero.zeropp import describe as describe_zeropp
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -98,11 +97,7 @@ class ZeroEngine:
             prefetch_bucket_numel=int(zero.stage3_prefetch_bucket_size),
             max_live_numel=int(zero.stage3_max_live_parameters),
             max_reuse_distance=int(zero.stage3_max_reuse_distance),
-            zeropp=ZeroPPSettings(quantized_weights=zero.zero_quantized_weights,
-                                  hpz_partition_size=zero.zero_hpz_partition_size,
-                                  quantized_gradients=zero.zero_quantized_gradients,
-                                  gradient_bits=zero.zero_quantized_gradients_bits,
-                                  block_size=zero.zero_quantized_block_size))
+            zeropp=ZeroPPSettings.from_zero_optimization(zero))
         # Reusing receive buffers and buckets saves their page faults on every step (stages 1-2
         # ran 10-20% faster with 25M parameters). At most three fp32 buckets are kept (stage 2:
         # the buckets in flight, their receive buffers), memory the user sizes with
@@ -122,8 +117,6 @@ class ZeroEngine:
                                           pin_memory=offload_param.pin_memory)
         if self.materializer is not None:
             self.materializer.materialize_remaining()
-        if describe_zeropp(self.comm, settings.zeropp):
-            self.logger.info("%s", describe_zeropp(self.comm, settings.zeropp))
         self._register_state_dict_hooks()
         return ZeroOptimizer({n: trainable[n] for n in plan.layout.slots}, self.comm, settings,
                              make_optimizer=make_optimizer, fp32_values=fp32_values, loss_scaler=self.loss_scaler,

@@ -20,7 +20,8 @@ from zerolib.partition.coordinator import (BufferRef, GatherPolicy, ParamCoordin
 from zerolib.partition.layout import FlatLayout
 from zerolib.partition.partitioned import FillFn, PartitionedParams
 from zerolib.zero.optimizer import ZeroSettings
-from zerolib.zero.zeropp import gradient_reduce_scatter_for, weight_gather_for
+from zerolib.utils.logging import get_logger
+from zerolib.zero.zeropp import describe, gradient_reduce_scatter_for, weight_gather_for
 
 
 @dataclass
@@ -98,5 +99,8 @@ def plan_stage3(module: nn.Module, comm: CommContext, settings: ZeroSettings, dt
         units.append(Unit(unit_index, name or "<root>", unit_module, tuple(refs)))
     policy = GatherPolicy(settings.prefetch_bucket_numel, settings.max_live_numel, settings.max_reuse_distance)
     coordinator = ParamCoordinator(units, policy, comm, verify_order=verify_order)
+    summary = describe(comm, zeropp)
+    if summary:
+        get_logger().info("%s", summary)
     return Stage3Plan(layout, store, frozen_store, coordinator,
                       gradient_reduce_scatter=gradient_reduce_scatter_for(comm, zeropp))

@@ -21,8 +21,8 @@ def describe(comm: CommContext, settings: ZeroPPSettings) -> str | None:
         parts.append(f"qwZ int8 weight gathers (blocks of {settings.block_size})")
     if settings.hierarchical_weights:
         k = settings.hpz_partition_size
-        nodes = -(-k // comm.node_size) if k % comm.node_size == 0 else "more than one"
-        where = "inside a node" if k <= comm.node_size and comm.node_size % k == 0 else f"spanning {nodes} nodes"
+        where = "inside a node" if comm.node_size % k == 0 else f"wider than a node of {comm.node_size}: " \
+                "backward gathers cross nodes"
         parts.append(f"hpZ secondary shards over groups of {k} ranks ({where})")
     if settings.quantized_gradients:
         parts.append(f"qgZ int{settings.gradient_bits} gradients, two-hop over {comm.world_size // comm.node_size} "

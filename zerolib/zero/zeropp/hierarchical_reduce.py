@@ -15,7 +15,8 @@ Each hop dequantizes, sums in fp32 and requantizes, so the error is that of two 
 block quantization. A rank's own chunk never goes through the quantizer: it is added exact.
 Any S works (the last block of a piece is padded inside the quantizer). A hop over one rank
 (L = 1, or M = 1 on a single node) is skipped, which is not a fallback: the other hop still
-sends quantized bytes.
+sends quantized bytes. Hop 2 of a bucket starts once its hop 1 has landed, checked whenever a
+later bucket is launched (in bucket order on every rank), so it overlaps the rest of backward.
 
 Bytes per rank and buffer: (L-1) pieces of M*S values over the node, then (M-1) pieces of S
 values across nodes, each piece ``S*bits/8`` codes plus 4 bytes per block. An fp16
@@ -23,11 +24,44 @@ reduce-scatter sends (N-1)*S*2 bytes, all of it across nodes when the world span
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from zerolib.comm import CommContext, PendingCollective
 from zerolib.utils.logging import get_logger
 from zerolib.zero.zeropp.wire import piece_nbytes, quantize_into, sum_pieces
+
+
+class _TwoHopReduction:
+    """One bucket's reduction in flight: hop 1 launched, hop 2 launched once hop 1 has landed.
+
+    Every rank must issue the hop-2 all-to-alls over the cross-node group in the same order,
+    so they are started strictly in bucket order by the owner (:meth:`start_second_hops`).
+    """
+
+    def __init__(self, owner: "HierarchicalQuantizedReduceScatter", first: PendingCollective | None,
+                 start_second: Callable[[], PendingCollective]):
+        self._owner, self._first, self._start_second = owner, first, start_second
+        self.second: PendingCollective | None = None
+        self.finished = False
+
+    def ready(self) -> bool:
+        return self._first is None or self._first.is_done()
+
+    def begin_second(self) -> None:
+        if self._first is not None:
+            self._first.wait()  # books the time; then the fp32 partial sum runs
+        self.second = self._start_second()
+
+    def wait(self) -> None:
+        if self.finished:
+            return
+        self._owner.start_second_hops(until=self)
+        self.second.wait()
+        # Drop the buffers the closures hold: the reducer keeps this object until it retires.
+        self._first = self._start_second = self.second = None
+        self.finished = True
 
 
 class HierarchicalQuantizedReduceScatter:
@@ -41,6 +75,7 @@ class HierarchicalQuantizedReduceScatter:
         self.node = comm.rank // self.node_size
         self.node_group = comm.block_group(self.node_size)
         self.cross_group = comm.stride_group(self.node_size)
+        self._in_flight: list[_TwoHopReduction] = []
         if comm.distributed and (self.nodes == 1 or self.node_size == 1):
             hop = "inter-node (one node group)" if self.nodes == 1 else "intra-node (one rank per node group)"
             get_logger().info("qgZ: the %s hop is skipped; comm.node_size %d, world size %d: the other hop still "
@@ -57,16 +92,31 @@ class HierarchicalQuantizedReduceScatter:
             return PendingCollective(None, "all_to_all", self.comm.ledger) if async_op else None
         chunks = full.view(self.nodes, self.node_size, slice_numel)
         if self.node_size == 1:
-            pending = self._across_nodes(chunks[:, 0].float(), output)
+            first, partial = None, lambda: chunks[:, 0].float()
         else:
-            pending = self._within_node(chunks, output)
+            first, partial = self._within_node(chunks)
+        reduction = _TwoHopReduction(self, first, lambda: self._across_nodes(partial(), output))
+        self._in_flight = [r for r in self._in_flight if not r.finished] + [reduction]
+        self.start_second_hops()
         if async_op:
-            return pending
-        pending.wait()
+            return reduction
+        reduction.wait()
         return None
 
-    def _within_node(self, chunks: torch.Tensor, output: torch.Tensor) -> PendingCollective:
-        """Hop 1, launched now; hop 2 runs when the caller waits."""
+    def start_second_hops(self, until: _TwoHopReduction | None = None) -> None:
+        """Starts hop 2 of the waiting reductions, oldest first: those whose hop 1 has landed
+        (never blocking), and every one up to ``until`` (blocking on its hop 1)."""
+        must = until is not None
+        for reduction in self._in_flight:
+            if reduction.second is None and not reduction.finished:
+                if not (must or reduction.ready()):
+                    return
+                reduction.begin_second()
+            if reduction is until:
+                must = False
+
+    def _within_node(self, chunks: torch.Tensor):
+        """Hop 1, launched now; returns it and a function that sums what it delivered."""
         numel = self.nodes * chunks.shape[2]
         size = piece_nbytes(numel, self.bits, self.block_size)
         send = torch.empty(self.node_size * size, dtype=torch.uint8, device=chunks.device)
@@ -77,17 +127,15 @@ class HierarchicalQuantizedReduceScatter:
         pending = self.comm.all_to_all(received, send, group=self.node_group, async_op=True)
         mine = chunks[:, self.index_in_node]
 
-        def second_hop() -> None:
+        def partial() -> torch.Tensor:
             peers = [p for p in range(self.node_size) if p != self.index_in_node]
-            partial = torch.empty(numel, dtype=torch.float32, device=chunks.device)
-            sum_pieces(received, peers, numel, self.bits, self.block_size, partial)
-            partial.view_as(mine).add_(mine)
-            self._across_nodes(partial.view_as(mine), output).wait()
-        pending.on_done = second_hop
-        return pending
+            total = torch.empty(numel, dtype=torch.float32, device=chunks.device)
+            sum_pieces(received, peers, numel, self.bits, self.block_size, total)
+            return total.view_as(mine).add_(mine)
+        return pending, partial
 
     def _across_nodes(self, partial: torch.Tensor, output: torch.Tensor) -> PendingCollective:
-        """Hop 2: ``partial`` is [M, S] fp32 (this node's sums of index l's slices)."""
+        """Hop 2, launched now: ``partial`` is [M, S] fp32 (this node's sums of index l's slices)."""
         slice_numel = partial.shape[1]
         if self.nodes == 1:
             output.copy_(partial.view_as(output))

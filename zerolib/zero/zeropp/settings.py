@@ -20,6 +20,13 @@ class ZeroPPSettings:
     gradient_bits: int = 4
     block_size: int = 256
 
+    @classmethod
+    def from_zero_optimization(cls, zero) -> "ZeroPPSettings":
+        """From a validated ``zero_optimization`` block (zerolib.config)."""
+        return cls(quantized_weights=zero.zero_quantized_weights, hpz_partition_size=zero.zero_hpz_partition_size,
+                   quantized_gradients=zero.zero_quantized_gradients, gradient_bits=zero.zero_quantized_gradients_bits,
+                   block_size=zero.zero_quantized_block_size)
+
     @property
     def hierarchical_weights(self) -> bool:
         return self.hpz_partition_size > 1
