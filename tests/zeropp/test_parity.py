@@ -10,6 +10,8 @@ Stated tolerances (measured margins in brackets, from the run these thresholds w
   (it moves the same values along a different route).
 - all three with prefetch and the module-order check on: the same losses as without, bit for
   bit (prefetch only starts the same gathers earlier).
+- fp16 from a loss scale of 2^20 with 2 micro-steps per step: the same steps are skipped (3
+  of 5) and the loss scale follows the same path as under ZeRO-3.
 """
 import pytest
 import torch
@@ -61,3 +63,11 @@ def test_prefetch_and_order_check_do_not_change_zeropp_results(zeropp_ranks):
     runs = zeropp_ranks[0]["fp32"]
     assert _same_weights(runs["all-prefetch"]["weights_after_short"], runs["all"]["weights_after_short"])
     assert not _same_weights(runs["all"]["weights_after_short"], runs["zero3"]["weights_after_short"])
+
+
+def test_fp16_overflows_are_skipped_as_under_zero3(zeropp_ranks):
+    """Loss scale from 2^20, 2 micro-steps per step: the overflowing steps must be the same."""
+    for rank, results in enumerate(zeropp_ranks):
+        runs = results["fp16_overflow"]
+        assert set(runs["zero3"]["skipped"]) == {True, False}, f"rank {rank}: want overflowing and clean steps"
+        assert runs["all"] == runs["zero3"], f"rank {rank}: ZeRO++ {runs['all']} vs ZeRO-3 {runs['zero3']}"

@@ -5,6 +5,7 @@
   ln 4), recording the global loss per step, the final fp32 weights, the memory breakdown and
   the bytes of one step split by phase (forward, backward, optimizer step), and the fp32
   weights after SHORT steps.
+- ``overflow_steps``: fp16 with an overflowing loss scale and gradient accumulation.
 - ``reduce_cases``: the two-hop quantized reduce-scatter on its own, for several node
   layouts, bit widths and slice sizes; the parent compares with the exact fp32 sum.
 """
@@ -103,6 +104,30 @@ def train(extra: dict, steps: int, dtype: str = "fp32") -> dict:
             "weights_after_short": weights if rank == 0 and steps >= SHORT else None}
 
 
+def overflow_steps(extra: dict) -> dict:
+    """fp16 from a loss scale of 2^20 (halved on each overflow) and 2 micro-steps per step: the
+    first steps overflow, later ones do not; ZeRO++ must skip exactly the steps ZeRO-3 skips."""
+    import zerolib
+    from zerolib.models import GPT, GPTConfig
+
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    torch.manual_seed(0)
+    config = engine_config(extra)
+    config.update(gradient_accumulation_steps=2,
+                  fp16={"enabled": True, "initial_scale_power": 20, "hysteresis": 1})
+    engine = zerolib.initialize(GPT(GPTConfig(**MODEL)), config)
+    data = markov_tokens(STEPS, world)
+    skipped, scales = [], []
+    for step in range(5):
+        for micro in range(2):
+            tokens = data[2 * step + micro, rank]
+            engine.backward(engine(tokens[:, :-1], tokens[:, 1:]))
+            engine.step()
+        skipped.append(engine.last_step.skipped)
+        scales.append(engine.loss_scaler.scale)
+    return {"skipped": skipped, "scales": scales}
+
+
 # -- the two-hop reduce on its own ------------------------------------------------------------
 REDUCE_CASES = [  # (node_size, bits, block_size, slice numel)
     (2, 4, 256, 1), (2, 4, 256, 7), (2, 8, 256, 300), (2, 4, 64, 1001), (2, 8, 8, 13),
@@ -150,4 +175,5 @@ def run_all() -> dict:
     """Everything the tests in tests/zeropp need, from one process group."""
     return {"fp32": {name: train(extra, steps) for name, (extra, steps) in CONFIGS.items()},
             "bf16": {name: train(CONFIGS[name][0], MEASURED_STEP + 1, "bf16") for name in BF16_CONFIGS},
+            "fp16_overflow": {name: overflow_steps(CONFIGS[name][0]) for name in ("zero3", "all")},
             "reduce": reduce_cases()}
