@@ -81,14 +81,8 @@ def test_ignored_keys_warn_by_name():
 UNIMPLEMENTED_CASES = {
     "zero_optimization.offload_param.device": {
         "zero_optimization": {"stage": 3, "offload_param": {"device": "nvme", "nvme_path": "/tmp"}}},
-    "zero_optimization.zero_quantized_weights": {
-        "zero_optimization": {"stage": 3, "zero_quantized_weights": True}},
     "zero_optimization.zero_quantized_nontrainable_weights": {
         "zero_optimization": {"stage": 3, "zero_quantized_nontrainable_weights": True}},
-    "zero_optimization.zero_hpz_partition_size": {
-        "zero_optimization": {"stage": 3, "zero_hpz_partition_size": 2}},
-    "zero_optimization.zero_quantized_gradients": {
-        "zero_optimization": {"stage": 3, "zero_quantized_gradients": True}},
 }
 
 

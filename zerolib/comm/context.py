@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 
 from zerolib.comm.gloo_p2p import exchange
+from zerolib.comm.groups import GroupCache
 from zerolib.comm.ledger import CommLedger, wire_bytes
 from zerolib.comm.scratch import ScratchPool
 
@@ -52,6 +53,11 @@ class PendingCollective:
     ledger: CommLedger
     on_done: object | None = None
 
+    def is_done(self) -> bool:
+        """Whether the transfer has completed (``wait`` would not block on the wire)."""
+        works = self.work if isinstance(self.work, list) else [self.work]
+        return all(work is None or work.is_completed() for work in works)
+
     def wait(self) -> None:
         if self.work is not None:
             start = time.perf_counter()
@@ -80,6 +86,7 @@ class CommContext:
     ledger: CommLedger = field(default_factory=CommLedger)
     scratch: ScratchPool = field(default_factory=ScratchPool, init=False, repr=False)
     _p2p_calls: dict = field(default_factory=dict, init=False, repr=False)  # exchanges per group
+    _groups: GroupCache | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def from_environment(cls, timeout_seconds: float = 600.0, node_size: int | None = None) -> "CommContext":
@@ -98,6 +105,21 @@ class CommContext:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
+
+    def block_group(self, size: int):
+        """This rank's group of ``size`` consecutive ranks (its node when ``size`` is
+        ``node_size``); None when that is the whole world. Every rank must ask for the same
+        sizes in the same order (see zerolib/comm/groups.py)."""
+        return self._group_cache().block(size)
+
+    def stride_group(self, size: int):
+        """The ranks sharing this rank's index inside blocks of ``size`` (one per block)."""
+        return self._group_cache().stride(size)
+
+    def _group_cache(self) -> GroupCache:
+        if self._groups is None:
+            self._groups = GroupCache(self.rank, self.world_size)
+        return self._groups
 
     def _group_size(self, group) -> int:
         return self.world_size if group is None else dist.get_world_size(group)

@@ -23,19 +23,9 @@ UNIMPLEMENTED: tuple[Unimplemented, ...] = (
                   lambda c: c.zero_optimization.offload_param.device == "nvme",
                   "parameter offload to nvme is not implemented yet in this version; use \"cpu\" "
                   "or \"none\""),
-    Unimplemented("zero_optimization.zero_quantized_weights",
-                  lambda c: c.zero_optimization.zero_quantized_weights,
-                  "ZeRO++ quantized weights (qwZ) are not implemented yet in this version"),
     Unimplemented("zero_optimization.zero_quantized_nontrainable_weights",
                   lambda c: c.zero_optimization.zero_quantized_nontrainable_weights,
                   "quantized frozen weights are not implemented yet in this version"),
-    Unimplemented("zero_optimization.zero_hpz_partition_size",
-                  lambda c: c.zero_optimization.zero_hpz_partition_size > 1,
-                  "ZeRO++ hierarchical partitioning (hpZ) is not implemented yet in this "
-                  "version; use 1"),
-    Unimplemented("zero_optimization.zero_quantized_gradients",
-                  lambda c: c.zero_optimization.zero_quantized_gradients,
-                  "ZeRO++ quantized gradients (qgZ) are not implemented yet in this version"),
 )
 
 # Dotted key paths: accepted, never acted on. Delete an entry when zerolib starts using the key.

@@ -12,6 +12,7 @@ from .errors import KeyIssue
 from .offload import OffloadOptimizerConfig, OffloadParamConfig
 
 Stage = Annotated[Literal[0, 1, 2, 3], NotBool]
+QuantBits = Annotated[Literal[4, 8], NotBool]
 
 
 class ZeroOptimizationConfig(StrictModel):
@@ -65,6 +66,13 @@ class ZeroOptimizationConfig(StrictModel):
         ge=1)
     zero_quantized_gradients: bool = described(
         False, "ZeRO++ qgZ: reduce gradients quantized with a hierarchical all-to-all (stage 3).")
+    zero_quantized_gradients_bits: QuantBits = described(
+        4, "zerolib extension: bits per gradient value under qgZ, 4 (the ZeRO++ paper's, default) or 8 "
+           "(twice the bytes, 16x finer steps).")
+    zero_quantized_block_size: Count = described(
+        256, "zerolib extension: values per quantization block (one fp32 scale each) for qwZ and qgZ; a "
+             "multiple of 8 (so every piece on the wire keeps its scales 4-byte aligned). Scales add "
+             "4/block_size bytes per value.", ge=8, multiple_of=8)
     mics_shard_size: SignedCount = described(
         -1, "MiCS shard group size; -1 disables it. Not implemented: accepted and ignored.")
     elastic_checkpoint: bool = described(

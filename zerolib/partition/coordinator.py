@@ -145,6 +145,8 @@ class ParamCoordinator:
         """Releases everything still gathered and keeps this iteration's order for the next."""
         for unit in self.units:
             self._release(unit)
+        for store in self._stores:
+            store.end_iteration()
         if self._recording:
             if self._traces.get(self._grad_mode) != self._recording:
                 if self._grad_mode in self._traces:
@@ -196,7 +198,7 @@ class ParamCoordinator:
             else:
                 self._following_trace = False
         for ref in unit.refs:
-            ref.store.start_gather(ref.index)
+            ref.store.start_gather(ref.index, training=True)
         self._note_live()
         if self._following_trace:
             self._prefetch(trace)
@@ -242,7 +244,7 @@ class ParamCoordinator:
                 return
             budget -= min(size, budget)
             for ref in missing:
-                ref.store.start_gather(ref.index)
+                ref.store.start_gather(ref.index, training=True)
             self._note_live()
 
     def _reused_soon(self, unit: Unit) -> bool:

@@ -52,6 +52,9 @@ class BufferSpec:
         return (start, end) if start < end else None
 
 
+DEFAULT_ALIGN = 64  # elements: every shard starts on a 256-byte boundary in fp32
+
+
 def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
@@ -63,7 +66,7 @@ class FlatLayout:
     to a size instead.
     """
 
-    def __init__(self, groups: list[list[tuple[str, torch.Size]]], num_shards: int, *, align: int = 64):
+    def __init__(self, groups: list[list[tuple[str, torch.Size]]], num_shards: int, *, align: int = DEFAULT_ALIGN):
         if num_shards < 1:
             raise ValueError(f"num_shards must be >= 1, got {num_shards}")
         self.num_shards = num_shards
@@ -73,7 +76,7 @@ class FlatLayout:
 
     @classmethod
     def packed(cls, named_shapes: list[tuple[str, torch.Size]], num_shards: int, *, max_buffer_numel: int,
-               align: int = 64) -> "FlatLayout":
+               align: int = DEFAULT_ALIGN) -> "FlatLayout":
         """Buffers of at most ``max_buffer_numel`` elements (a larger parameter gets its own)."""
         groups: list[list[tuple[str, torch.Size]]] = [[]]
         used = 0

@@ -7,7 +7,7 @@ rank, as in stages 0-2, and are re-published by an all-gather after each step.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Protocol
 
 import torch
 
@@ -21,17 +21,31 @@ FillFn = Callable[[BufferSpec, torch.Tensor], None]
 ShardFillFn = Callable[[BufferSpec, int, int, torch.Tensor], bool]
 
 
+class TrainingGather(Protocol):
+    """How forward/backward gathers travel when not as a plain all-gather (ZeRO++:
+    zerolib/zero/zeropp/weight_gather.py). It must fill ``full`` with exactly the values
+    the shards hold, or a documented approximation of them, on every rank alike."""
+
+    def start(self, spec: BufferSpec, full: torch.Tensor, shard: torch.Tensor,
+              on_done: Callable[[], None]) -> PendingCollective: ...
+
+    def forget(self, index: int | None = None) -> None: ...
+
+
 class PartitionedParams:
     """Owns the shards of ``params``; gathers and releases full buffers on request."""
 
     def __init__(self, layout: FlatLayout, params: dict[str, torch.nn.Parameter], comm: CommContext, *,
                  dtype: torch.dtype, replicated: frozenset[int] = frozenset(), fill: FillFn | None = None,
                  shard_device: torch.device | None = None, pin_memory: bool = False,
-                 fill_shard: ShardFillFn | None = None):
+                 fill_shard: ShardFillFn | None = None, training_gather: TrainingGather | None = None):
         """``shard_device`` (offload_param): where partitioned shards live between gathers, e.g.
         the host; each gather then copies the shard to ``comm.device`` first. ``fill_shard``
-        (a pretrained checkpoint) writes a rank's slice directly: no full buffer, no broadcast."""
+        (a pretrained checkpoint) writes a rank's slice directly: no full buffer, no broadcast.
+        ``training_gather`` (ZeRO++): carries the gathers issued for forward and backward instead
+        of a plain all-gather; exact gathers (state dicts, GatheredParameters) stay plain."""
         self.layout, self.params, self.comm, self.dtype = layout, params, comm, dtype
+        self.training_gather = training_gather
         self.shard_device = torch.device(shard_device or comm.device)
         self._pin = pin_memory and self.shard_device.type == "cpu" and torch.cuda.is_available()
         self.replicated = replicated
@@ -78,8 +92,12 @@ class PartitionedParams:
     def is_pending(self, index: int) -> bool:
         return index in self._pending
 
-    def start_gather(self, index: int) -> None:
-        """Launches the all-gather of buffer ``index`` (no-op if gathered or under way)."""
+    def start_gather(self, index: int, *, training: bool = False) -> None:
+        """Launches the all-gather of buffer ``index`` (no-op if gathered or under way).
+
+        ``training``: the gather is for a forward or backward pass (the coordinator's), which
+        the ``training_gather`` may carry differently (quantized, inside a node group).
+        """
         if index in self.full or index in self._pending:
             return
         spec = self.layout.buffers[index]
@@ -87,9 +105,20 @@ class PartitionedParams:
         shard = self.shards[index]
         if shard.device != full.device:  # offloaded shard: fetch it for the collective
             shard = shard.to(full.device, non_blocking=True)
-        pending = self.comm.all_gather_into(full, shard, async_op=True)
-        pending.on_done = lambda: self._install(index, full)
+        if training and self.training_gather is not None:
+            pending = self.training_gather.start(spec, full, shard, on_done=lambda: self._install(index, full))
+        else:
+            if self.training_gather is not None:  # the caller may edit the exact values now
+                self.training_gather.forget(index)
+            pending = self.comm.all_gather_into(full, shard, async_op=True)
+            pending.on_done = lambda: self._install(index, full)
         self._pending[index] = pending
+
+    def end_iteration(self) -> None:
+        """Forward and backward are over: copies kept for this iteration's gathers are stale
+        once the optimizer steps (or anyone edits the shards)."""
+        if self.training_gather is not None:
+            self.training_gather.forget()
 
     def _install(self, index: int, full: torch.Tensor) -> None:
         self._pending.pop(index, None)

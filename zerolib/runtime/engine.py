@@ -19,6 +19,7 @@ from zerolib.utils.memory import unique_storage_bytes
 from zerolib.utils.timers import StepTimers
 from zerolib.zero import StepReport, ZeroOptimizer, ZeroSettings, scaler_from_config
 from zerolib.zero.stage3 import Stage3Plan, plan_stage3
+from zerolib.zero.zeropp import ZeroPPSettings
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -111,7 +112,8 @@ class ZeroEngine:
             param_persistence_threshold=int(zero.stage3_param_persistence_threshold),
             prefetch_bucket_numel=int(zero.stage3_prefetch_bucket_size),
             max_live_numel=int(zero.stage3_max_live_parameters),
-            max_reuse_distance=int(zero.stage3_max_reuse_distance))
+            max_reuse_distance=int(zero.stage3_max_reuse_distance),
+            zeropp=ZeroPPSettings.from_zero_optimization(zero))
         # Reusing receive buffers and buckets saves their page faults on every step (stages 1-2
         # ran 10-20% faster with 25M parameters). At most three fp32 buckets are kept (stage 2:
         # the buckets in flight, their receive buffers), memory the user sizes with
@@ -139,7 +141,7 @@ class ZeroEngine:
         self._register_state_dict_hooks()
         return ZeroOptimizer({n: trainable[n] for n in plan.layout.slots}, self.comm, settings,
                              make_optimizer=make_optimizer, fp32_values=fp32_values, loss_scaler=self.loss_scaler,
-                             layout=plan.layout, store=plan.store,
+                             layout=plan.layout, store=plan.store, reduce_scatter=plan.gradient_reduce_scatter,
                              on_buffer_reduced=lambda index: plan.coordinator.on_buffer_reduced(plan.store, index))
 
     def _register_state_dict_hooks(self) -> None:
@@ -298,9 +300,11 @@ class ZeroEngine:
 
     def memory_breakdown(self) -> dict[str, int]:
         """Bytes this rank holds per kind: params, grads, master, optimizer_state (the model
-        states) and comm_buffers (receive buffers kept for reuse by the collectives)."""
+        states), comm_buffers (receive buffers kept for reuse by the collectives) and
+        hpz_secondary (ZeRO++ hpZ's secondary parameter shards; 0 without hpZ)."""
         held = dict(self.optimizer.storage_by_kind())
         held["comm_buffers"] = self.comm.scratch.storage()
+        held["hpz_secondary"] = self.stage3.secondary_storage() if self.stage3 is not None else []
         return unique_storage_bytes(held)
 
     # -- checkpoints (zerolib.checkpoint; imported here so the engine does not depend on it) --

@@ -40,10 +40,13 @@ class GradientReducer:
 
     def __init__(self, comm: CommContext, layout: FlatLayout, params: dict[str, torch.nn.Parameter], *,
                  stage: int, comm_dtype: torch.dtype, overlap_comm: bool, predivide_factor: float = 1.0,
-                 on_reduced=None, check_fresh=None):
+                 on_reduced=None, check_fresh=None, reduce_scatter=None):
         """``check_fresh(slot)``, if given, runs as each gradient arrives: it raises if the
-        parameter was read before its deferred all-gather had finished (ReplicatedParams)."""
+        parameter was read before its deferred all-gather had finished (ReplicatedParams).
+        ``reduce_scatter`` replaces ``comm.reduce_scatter_sum`` for the buckets (same call;
+        ZeRO++ qgZ passes its quantized two-hop version)."""
         self.comm, self.layout, self.params, self.stage = comm, layout, params, stage
+        self.reduce_scatter = reduce_scatter or comm.reduce_scatter_sum
         self.comm_dtype, self.overlap_comm = comm_dtype, overlap_comm
         self.predivide_factor = predivide_factor
         # Stage 3 launches each buffer as soon as it is complete (ranks run the same modules in
@@ -145,7 +148,7 @@ class GradientReducer:
             self._in_flight.append(_InFlight(index, pending, bucket, bucket))
             return
         reduced, is_scratch = self._reduce_target(spec, bucket)
-        pending = self.comm.reduce_scatter_sum(reduced, bucket, async_op=self.overlap_comm)
+        pending = self.reduce_scatter(reduced, bucket, async_op=self.overlap_comm)
         self._in_flight.append(_InFlight(index, pending, reduced, bucket, reduced_is_scratch=is_scratch))
 
     def _bound_in_flight(self) -> None:

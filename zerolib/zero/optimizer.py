@@ -24,6 +24,7 @@ from zerolib.comm import CommContext
 from zerolib.partition import FlatLayout, ReplicatedParams
 from zerolib.zero.grad_reducer import GradientReducer
 from zerolib.zero.loss_scaler import DynamicLossScaler
+from zerolib.zero.zeropp.settings import ZeroPPSettings
 
 
 # Stages 0-2 cut their flat buffers at 25 MiB of the communication dtype (DDP's bucket_cap_mb)
@@ -55,6 +56,7 @@ class ZeroSettings:
     prefetch_bucket_numel: int = 50_000_000
     max_live_numel: int = 1_000_000_000
     max_reuse_distance: int = 1_000_000_000
+    zeropp: ZeroPPSettings = ZeroPPSettings()  # stage 3: quantized/hierarchical gathers and reduction
 
 
 class ZeroOptimizer:
@@ -63,9 +65,10 @@ class ZeroOptimizer:
     def __init__(self, params: dict[str, torch.nn.Parameter], comm: CommContext, settings: ZeroSettings, *,
                  make_optimizer: Callable[[list[torch.Tensor]], torch.optim.Optimizer],
                  fp32_values: dict[str, torch.Tensor], loss_scaler: DynamicLossScaler | None = None,
-                 layout: FlatLayout | None = None, store=None, on_buffer_reduced=None):
+                 layout: FlatLayout | None = None, store=None, on_buffer_reduced=None, reduce_scatter=None):
         """``layout``/``store`` default to replicated flat buffers (stages 0-2); stage 3 passes
-        a :class:`PartitionedParams` store and a callback that releases reduced buffers."""
+        a :class:`PartitionedParams` store, a callback that releases reduced buffers and, with
+        ZeRO++ qgZ, the gradient ``reduce_scatter`` to use (see GradientReducer)."""
         self.comm, self.settings, self.loss_scaler = comm, settings, loss_scaler
         self.params = params
         if layout is None:
@@ -82,7 +85,8 @@ class ZeroOptimizer:
         self.reducer = GradientReducer(comm, self.layout, params, stage=settings.stage,
                                        comm_dtype=settings.comm_dtype, overlap_comm=settings.overlap_comm,
                                        predivide_factor=settings.predivide_factor, on_reduced=on_buffer_reduced,
-                                       check_fresh=store.check_fresh if deferred else None)
+                                       check_fresh=store.check_fresh if deferred else None,
+                                       reduce_scatter=reduce_scatter)
         self.optimizer = make_optimizer(self.master)
         # -- offload hook: an offloaded optimizer (zerolib.offload.OffloadAdam) writes the 16-bit
         # working slices in the same pass as the update, so _write_back must not copy them again.

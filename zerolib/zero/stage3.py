@@ -4,7 +4,8 @@ Parameters smaller than ``stage3_param_persistence_threshold`` elements stay who
 rank (gathering them would cost more in latency than they save in memory); their gradients and
 optimizer state are still partitioned. Every other parameter lives only as a 1/N shard and is
 gathered per unit by the :class:`ParamCoordinator`. Frozen parameters are partitioned too, in
-buffers of their own that the optimizer never sees.
+buffers of their own that the optimizer never sees. ZeRO++ (settings.zeropp) plugs a weight
+gather into both stores and a quantized reduce-scatter into the gradient reducer.
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from zerolib.partition.coordinator import (BufferRef, GatherPolicy, ParamCoordin
 from zerolib.partition.layout import FlatLayout
 from zerolib.partition.partitioned import FillFn, PartitionedParams, ShardFillFn
 from zerolib.zero.optimizer import ZeroSettings
+from zerolib.utils.logging import get_logger
+from zerolib.zero.zeropp import describe, gradient_reduce_scatter_for, weight_gather_for
 
 
 @dataclass
@@ -29,6 +32,13 @@ class Stage3Plan:
     store: PartitionedParams
     frozen_store: PartitionedParams | None
     coordinator: ParamCoordinator
+    # ZeRO++ qgZ: the gradient reduce-scatter to use instead of the plain one (None: plain).
+    gradient_reduce_scatter: object | None = None
+
+    def secondary_storage(self) -> list[torch.Tensor]:
+        """hpZ's secondary shards (empty without hpZ), for memory accounting."""
+        stores = [s for s in (self.store, self.frozen_store) if s is not None and s.training_gather is not None]
+        return [t for s in stores for t in s.training_gather.storage()]
 
 
 def _groups_by_unit(names: list[str], params: dict[str, nn.Parameter], owner: dict[str, int], num_units: int):
@@ -44,6 +54,8 @@ def plan_stage3(module: nn.Module, comm: CommContext, settings: ZeroSettings, dt
     """Partitions ``module``'s parameters (already on the device, in ``dtype``); ``shard_device``
     and ``pin_memory`` place the shards for offload_param; ``fill`` and ``fill_shard`` give
     a meta-device model its values (see PartitionedParams)."""
+    # Every rank builds the ZeRO++ pieces in this same order: they create process groups.
+    zeropp = settings.zeropp
     placement = dict(shard_device=shard_device, pin_memory=pin_memory, fill_shard=fill_shard)
     unit_modules = find_unit_modules(module)
     owner = assign_params_to_units(module, unit_modules)
@@ -53,14 +65,16 @@ def plan_stage3(module: nn.Module, comm: CommContext, settings: ZeroSettings, dt
     sharded = [n for n, p in params.items() if p.requires_grad and p.numel() >= threshold]
     frozen = [n for n, p in params.items() if not p.requires_grad and p.numel() >= threshold]
 
+    align = zeropp.buffer_align
     persistent_layout = FlatLayout.packed([(n, params[n].shape) for n in persistent], comm.world_size,
-                                          max_buffer_numel=settings.bucket_numel)
+                                          max_buffer_numel=settings.bucket_numel, align=align)
     persistent_groups = [[(s.name, s.shape) for s in b.slots] for b in persistent_layout.buffers]
     unit_groups = _groups_by_unit(sharded, params, owner, len(unit_modules))
-    layout = FlatLayout(persistent_groups + [g for g in unit_groups if g], comm.world_size)
+    layout = FlatLayout(persistent_groups + [g for g in unit_groups if g], comm.world_size, align=align)
     trainable = {n: params[n] for n in persistent + sharded}
     store = PartitionedParams(layout, trainable, comm, dtype=dtype, fill=fill,
-                              replicated=frozenset(range(len(persistent_groups))), **placement)
+                              replicated=frozenset(range(len(persistent_groups))),
+                              training_gather=weight_gather_for(comm, zeropp), **placement)
     unit_buffer = {}
     next_index = len(persistent_groups)
     for unit_index, group in enumerate(unit_groups):
@@ -71,9 +85,9 @@ def plan_stage3(module: nn.Module, comm: CommContext, settings: ZeroSettings, dt
     frozen_groups = _groups_by_unit(frozen, params, owner, len(unit_modules))
     frozen_store, frozen_buffer = None, {}
     if frozen:
-        frozen_layout = FlatLayout([g for g in frozen_groups if g], comm.world_size)
+        frozen_layout = FlatLayout([g for g in frozen_groups if g], comm.world_size, align=align)
         frozen_store = PartitionedParams(frozen_layout, {n: params[n] for n in frozen}, comm, dtype=dtype, fill=fill,
-                                         **placement)
+                                         training_gather=weight_gather_for(comm, zeropp), **placement)
         frozen_buffer = {u: i for i, u in enumerate(u for u, g in enumerate(frozen_groups) if g)}
 
     units = []
@@ -86,4 +100,8 @@ def plan_stage3(module: nn.Module, comm: CommContext, settings: ZeroSettings, dt
         units.append(Unit(unit_index, name or "<root>", unit_module, tuple(refs)))
     policy = GatherPolicy(settings.prefetch_bucket_numel, settings.max_live_numel, settings.max_reuse_distance)
     coordinator = ParamCoordinator(units, policy, comm, verify_order=verify_order)
-    return Stage3Plan(layout, store, frozen_store, coordinator)
+    summary = describe(comm, zeropp)
+    if summary:
+        get_logger().info("%s", summary)
+    return Stage3Plan(layout, store, frozen_store, coordinator,
+                      gradient_reduce_scatter=gradient_reduce_scatter_for(comm, zeropp))
