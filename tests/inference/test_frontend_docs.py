@@ -15,7 +15,7 @@ from zerolib.inference.serve.settings import ServeSettings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DOC = os.path.join(ROOT, "docs", "moe_prefill_frontend.md")
-BLOCK = re.compile(r"```(python|bash)\n(.*?)```", re.S)
+BLOCK = re.compile(r"```(python|bash)[^\n]*\n(.*?)```", re.S)  # a fence may carry no-run: its reason
 DOC_URL = "http://127.0.0.1:8000"
 
 
