@@ -21,6 +21,10 @@ for reuse, at most three fp32 reduce buckets (12 × reduce_bucket_size bytes); s
 c bytes per communicated element: stage 1 holds (N-1)/N·cΨ, stage 2 cΨ + (N-1)/N·cΨ (+ cΨ/N when
 c < 4).
 
+``hpz_secondary`` (ZeRO++ hpZ, ``zero_hpz_partition_size`` K > 1, stage 3): 1/K of every
+partitioned parameter, pΨ/K, or Ψ(1 + 4/block)/K when qwZ keeps it as int8 blocks with fp32
+scales. Like ``comm_buffers`` it is not a model state.
+
 Ψ_small: stage-3 parameters below ``stage3_param_persistence_threshold`` stay whole on every
 rank. Offload follows DeepSpeed's placement: ``offload_optimizer`` moves the fp32 gradient
 shard, the master and the optimizer state to CPU RAM (``nvme``: master and optimizer state to
@@ -106,6 +110,16 @@ def comm_buffer_bytes(psi: int, n: int, stage: int, comm_bytes: int, bucket_nume
     return min(held, 12.0 * bucket_numel)
 
 
+def hpz_secondary_bytes(psi: int, persistent: int, stage: int, param_bytes: int, hpz_partition_size: int,
+                        quantized_weights_block: int | None) -> float:
+    """Bytes of hpZ's secondary shards (see the module docstring); 0 without hpZ."""
+    if stage != 3 or hpz_partition_size <= 1:
+        return 0.0
+    partitioned = psi - min(persistent, psi)
+    per_element = param_bytes if quantized_weights_block is None else 1 + 4 / quantized_weights_block
+    return partitioned * per_element / hpz_partition_size
+
+
 def _place(kind: str, part: str, offload_optimizer: str, offload_param: str) -> str:
     if kind == "params":
         return "device" if offload_param == "none" else offload_param
@@ -117,11 +131,14 @@ def _place(kind: str, part: str, offload_optimizer: str, offload_param: str) -> 
 def model_state_bytes(num_params: int, *, num_procs: int, stage: int, dtype: str = "fp32",
                       optimizer_bytes: int = 8, persistent_params: int = 0,
                       offload_optimizer: str = "none", offload_param: str = "none",
-                      bucket_numel: int = 500_000_000, comm_bytes: int | None = None) -> MemoryEstimate:
+                      bucket_numel: int = 500_000_000, comm_bytes: int | None = None,
+                      hpz_partition_size: int = 1, quantized_weights_block: int | None = None) -> MemoryEstimate:
     """Model-state bytes per rank for ``num_params`` trainable parameters (see module docstring).
 
     ``persistent_params``: stage-3 parameters kept whole (below the persistence threshold);
-    ``bucket_numel`` and ``comm_bytes`` (default: the working dtype's) size ``comm_buffers``."""
+    ``bucket_numel`` and ``comm_bytes`` (default: the working dtype's) size ``comm_buffers``;
+    ``hpz_partition_size`` and ``quantized_weights_block`` (qwZ's block size, None without qwZ)
+    size ``hpz_secondary``."""
     _check(num_params, num_procs, stage, dtype, offload_optimizer, offload_param)
     by_kind = dict.fromkeys(KINDS, 0.0)
     by_place = {"device": 0.0, "cpu": 0.0, "nvme": 0.0}
@@ -131,6 +148,8 @@ def model_state_bytes(num_params: int, *, num_procs: int, stage: int, dtype: str
         by_place[_place(kind, part, offload_optimizer, offload_param)] += nbytes
     comm = comm_buffer_bytes(num_params, num_procs, stage, comm_bytes or PARAM_BYTES[dtype], bucket_numel)
     by_kind["comm_buffers"] = comm  # not a model state, and not in by_place
+    by_kind["hpz_secondary"] = hpz_secondary_bytes(num_params, persistent_params, stage, PARAM_BYTES[dtype],
+                                                   hpz_partition_size, quantized_weights_block)
     notes = []
     if offload_param != "none":
         notes.append("offload_param: a block's gathered parameters still occupy the device while it runs "
@@ -190,7 +209,10 @@ def estimate(model, config, *, num_procs: int = 1, seq: int | None = None,
                                optimizer_bytes=k, persistent_params=persistent,
                                offload_optimizer=zero.offload_optimizer.device, offload_param=zero.offload_param.device,
                                bucket_numel=int(min(zero.reduce_bucket_size, zero.allgather_bucket_size)),
-                               comm_bytes=PARAM_BYTES.get(cfg.communication_data_type or dtype, 4))
+                               comm_bytes=PARAM_BYTES.get(cfg.communication_data_type or dtype, 4),
+                               hpz_partition_size=zero.zero_hpz_partition_size,
+                               quantized_weights_block=zero.zero_quantized_block_size
+                               if zero.zero_quantized_weights else None)
     if seq is None:
         return result
     hidden, layers = _model_shape(model)

@@ -102,3 +102,19 @@ def test_hpz_secondary_shards_show_in_the_memory_breakdown(zeropp_ranks):
             else:
                 want = 0
             assert run["memory"]["hpz_secondary"] == want, f"rank {rank} {name}"
+
+
+def test_estimator_predicts_the_measured_hpz_secondary(zeropp_ranks):
+    """zerolib.estimate's hpz_secondary against what the ranks held: equal up to the padding
+    of shards to whole alignment units (at most N * 256 elements per buffer)."""
+    from zeropp_workers import ALL_THREE, MODEL, engine_config
+    from zerolib.estimator import estimate
+    from zerolib.models import GPT, GPTConfig
+
+    model = GPT(GPTConfig(**MODEL))
+    for name, extra, per_element in (("hpz", {"zero_hpz_partition_size": HPZ}, 4), ("all", ALL_THREE, 1 + 4 / BLOCK)):
+        want = estimate(model, engine_config(extra), num_procs=N).by_kind["hpz_secondary"]
+        run = zeropp_ranks[0]["fp32"][name]
+        slack = len(run["shard_numels"]) * N * 256 * per_element / K
+        got = run["memory"]["hpz_secondary"]
+        assert 0 < got and abs(got - want) <= slack, f"{name}: estimated {want}, measured {got}"
