@@ -25,6 +25,14 @@ class GPTConfig:
     dropout: float = 0.0
 
 
+def init_weights(module: nn.Module) -> None:
+    """GPT-2's initialisation: N(0, 0.02) weights, zero biases."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -79,12 +87,8 @@ class GPT(nn.Module):
             self.lm_head.weight = self.tok_emb.weight
         self.apply(self._init_weights)
 
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
+    # partitioned_init re-runs it per module when materialising (the Hugging Face convention)
+    _init_weights = staticmethod(init_weights)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         positions = torch.arange(idx.shape[1], device=idx.device)
