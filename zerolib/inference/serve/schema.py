@@ -10,51 +10,21 @@
                     ...,
                     {"labels": [one such result per label]}]}
 
-A multi-label request (the engine's format, zerolib.inference.requests) is split here into
-sibling requests, prompt + the label's suffix each, scored against the label's candidates or
-else the request's; they share the prompt as their prefix, so the router keeps them on one
-rank and the prompt is computed once. Its answer gathers the siblings' results in label order.
-
-Every problem is a :class:`RequestError` with an HTTP status and a message naming the field
+Each request is in the engine's format and is validated, and a multi-label request split into
+siblings, by zerolib/inference/requests.py, which the engine's own ``score`` uses too. Every
+problem is a :class:`RequestError` with an HTTP status and a message naming the field
 (``requests[2].candidates: must list at least 1 candidate``): 400 for a body that is not JSON,
 413 for a body or a list over its limit, 422 for the rest. The engines must never see a request
 they could fail on, because a failure inside the lockstep ``score`` call ends the whole job.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
+from zerolib.inference.requests import (Limits, ParsedCall, RequestError, ScoreItem, parse_items,
+                                        pydantic_message)
 
-from zerolib.config.errors import format_path
-
-
-class RequestError(Exception):
-    """A client's mistake: answered with ``status`` and ``message``, the server carries on."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status, self.message = status, message
-
-
-class LabelItem(BaseModel):
-    """One label of a multi-label request: the suffix after the prompt, and its own candidates."""
-
-    model_config = ConfigDict(extra="forbid")
-    input_ids: list[StrictInt] | None = None
-    text: StrictStr | None = None
-    candidates: list[StrictInt] | None = Field(default=None, min_length=1)
-
-
-class ScoreItem(BaseModel):
-    """One request: a prompt (token ids, or text when the server has a tokenizer), candidates,
-    and for a multi-label request its labels."""
-
-    model_config = ConfigDict(extra="forbid")
-    input_ids: list[StrictInt] | None = None
-    text: StrictStr | None = None
-    candidates: list[StrictInt] | None = Field(default=None, min_length=1)
-    labels: list[LabelItem] | None = Field(default=None, min_length=1)
+__all__ = ["Limits", "ParsedCall", "RequestError", "ScoreCall", "parse_call"]
 
 
 class ScoreCall(BaseModel):
@@ -65,111 +35,6 @@ class ScoreCall(BaseModel):
     return_logits: StrictBool = False
 
 
-@dataclass
-class ParsedCall:
-    """A validated call: what the engines score, and how their results make up the answer."""
-
-    requests: list[dict]  # the engine's request dicts, multi-label siblings flattened in order
-    shape: list[int | None]  # per request of the call: None (one result) or its number of labels
-    return_logits: bool
-
-    def answer(self, results: list[dict]) -> list[dict]:
-        out, at = [], 0
-        for count in self.shape:
-            if count is None:
-                out.append(results[at])
-                at += 1
-            else:
-                out.append({"labels": results[at:at + count]})
-                at += count
-        return out
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What one call may ask; from the ``serve`` settings and the model's vocabulary."""
-
-    max_requests: int
-    max_input_tokens: int
-    max_candidates: int
-    vocab_size: int  # 0: unknown, ids are not range-checked
-
-
-def _pydantic_message(err: ValidationError) -> str:
-    messages = []
-    for problem in err.errors()[:5]:
-        path = format_path(problem["loc"]) if problem["loc"] else "body"
-        detail = problem["msg"]
-        if problem["type"] == "extra_forbidden":
-            detail = {1: "unknown field (allowed: requests, return_logits)",
-                      3: "unknown field (allowed: input_ids or text, candidates, labels)",
-                      5: "unknown field (allowed in a label: input_ids or text, candidates)"}.get(
-                          len(problem["loc"]), "unknown field")
-        if problem["type"] == "too_short" and path.endswith("candidates"):
-            detail = "must list at least 1 candidate"
-        messages.append(f"{path}: {detail}")
-    return "; ".join(messages)
-
-
-def _check_ids(where: str, ids: list[int], vocab_size: int) -> None:
-    for position, token in enumerate(ids):
-        if token < 0 or (vocab_size and token >= vocab_size):
-            bound = f"[0, {vocab_size})" if vocab_size else "non-negative"
-            raise RequestError(422, f"{where}[{position}]: token id {token} is outside the vocabulary {bound}")
-
-
-def _tokens(where: str, item: ScoreItem | LabelItem, limits: Limits, tokenizer, allow_empty: bool) -> list[int]:
-    if item.input_ids is None and item.text is None and allow_empty:
-        return []
-    if (item.input_ids is None) == (item.text is None):
-        raise RequestError(422, f"{where}: give exactly one of input_ids and text")
-    if item.text is not None:
-        if tokenizer is None:
-            raise RequestError(422, f"{where}.text: this server has no tokenizer; send input_ids")
-        ids = list(tokenizer.encode(item.text))
-    else:
-        ids = item.input_ids
-    if not ids and not allow_empty:
-        raise RequestError(422, f"{where}: the input is empty; at least 1 token is needed")
-    _check_ids(f"{where}.input_ids", ids, limits.vocab_size)
-    return ids
-
-
-def _candidates(where: str, candidates: list[int] | None, limits: Limits) -> list[int]:
-    if candidates is None:
-        raise RequestError(422, f"{where}.candidates: missing; list the candidate token ids to score")
-    if len(candidates) > limits.max_candidates:
-        raise RequestError(422, f"{where}.candidates: {len(candidates)} candidates, more than the limit of "
-                                f"{limits.max_candidates} (serve.max_candidates)")
-    _check_ids(f"{where}.candidates", candidates, limits.vocab_size)
-    return list(candidates)
-
-
-def _check_length(where: str, length: int, limits: Limits) -> None:
-    if length > limits.max_input_tokens:
-        raise RequestError(422, f"{where}: input is {length} tokens, longer than the limit of "
-                                f"{limits.max_input_tokens} (serve.max_input_tokens)")
-
-
-def _inputs(index: int, item: ScoreItem, limits: Limits, tokenizer) -> list[dict]:
-    """The engine requests of one call entry: itself, or one sibling per label."""
-    where = f"requests[{index}]"
-    prompt = _tokens(where, item, limits, tokenizer, allow_empty=item.labels is not None)
-    if item.labels is None:
-        _check_length(where, len(prompt), limits)
-        return [{"input_ids": prompt, "candidates": _candidates(where, item.candidates, limits)}]
-    siblings = []
-    for number, label in enumerate(item.labels):
-        label_where = f"{where}.labels[{number}]"
-        tokens = prompt + _tokens(label_where, label, limits, tokenizer, allow_empty=True)
-        if not tokens:
-            raise RequestError(422, f"{label_where}: the prompt and this label's suffix are both empty")
-        _check_length(label_where, len(tokens), limits)
-        own = (label_where, label.candidates) if label.candidates is not None else (where, item.candidates)
-        siblings.append({"input_ids": tokens, "candidates": _candidates(*own, limits)})
-    return siblings
-
-
 def parse_call(body: bytes, limits: Limits, tokenizer=None) -> ParsedCall:
     """The validated call in a POST body, or a :class:`RequestError` naming what is wrong."""
     try:
@@ -177,14 +42,5 @@ def parse_call(body: bytes, limits: Limits, tokenizer=None) -> ParsedCall:
     except ValidationError as err:
         if any(problem["type"] == "json_invalid" for problem in err.errors()):
             raise RequestError(400, f"body is not valid JSON: {err.errors()[0]['msg']}") from None
-        raise RequestError(422, _pydantic_message(err)) from None
-    scored = sum(len(item.labels or [None]) for item in call.requests)
-    if scored > limits.max_requests:
-        raise RequestError(413, f"requests: {scored} requests (labels count one each) in one call, more than "
-                                f"the limit of {limits.max_requests} (serve.max_requests_per_call)")
-    parsed = ParsedCall([], [], call.return_logits)
-    for index, item in enumerate(call.requests):
-        inputs = _inputs(index, item, limits, tokenizer)
-        parsed.requests.extend(inputs)
-        parsed.shape.append(None if item.labels is None else len(inputs))
-    return parsed
+        raise RequestError(422, pydantic_message(err)) from None
+    return parse_items(call.requests, limits, tokenizer, call.return_logits)
