@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import pickle
 import time
 from dataclasses import dataclass, field
 
@@ -245,6 +246,33 @@ class CommContext:
         self._record("all_to_all", inp.numel() * inp.element_size(), group)
         work = dist.all_to_all_single(output, inp, group=group, async_op=async_op)
         return self._finish(work, "all_to_all", async_op)
+
+    def all_to_all_uneven(self, output: torch.Tensor, inp: torch.Tensor, output_splits: list[int],
+                          input_splits: list[int], *, group=None, async_op=False):
+        """All-to-all by rows: ``input_splits[j]`` rows of ``inp`` go to rank j of the group and
+        ``output_splits[j]`` rows from rank j land in ``output``, in rank order. Counted bytes
+        are exactly the rows this rank sends to other ranks."""
+        if self._group_size(group) == 1:
+            output.copy_(inp)
+            return PendingCollective(None, "all_to_all", self.ledger) if async_op else None
+        me = self._group_ranks(group).index(self.rank)
+        row_bytes = inp[:1].numel() * inp.element_size() if inp.shape[0] else 0
+        self.ledger.record("all_to_all", (sum(input_splits) - input_splits[me]) * row_bytes,
+                           crosses_nodes=self._crosses_nodes(group))
+        work = dist.all_to_all_single(output, inp, output_splits, input_splits, group=group, async_op=async_op)
+        return self._finish(work, "all_to_all", async_op)
+
+    def gather_object(self, obj, dst: int = 0) -> list | None:
+        """Every rank's picklable ``obj``, in rank order, on rank ``dst`` (None elsewhere).
+        Counted as kind ``gather``: the pickled bytes a rank other than ``dst`` sends."""
+        if not self.distributed:
+            return [obj]
+        payload = pickle.dumps(obj)
+        if self.rank != dst:
+            self.ledger.record("gather", len(payload))
+        gathered = [None] * self.world_size if self.rank == dst else None
+        dist.gather_object(payload, gathered, dst=dst)
+        return None if gathered is None else [pickle.loads(item) for item in gathered]
 
     def any_true(self, flag: bool) -> bool:
         """Whether ``flag`` is true on any rank (e.g. a gradient overflow)."""

@@ -13,7 +13,11 @@ reduce_scatter     (N-1)/N * M            the input before reduction
 all_to_all         (N-1)/N * M            the input (1/N of it stays local)
 all_reduce         2 (N-1)/N * M          the tensor (reduce-scatter + all-gather)
 broadcast          (N-1)/N * M            the tensor (pipelined chain)
+gather             M (non-root ranks)     the pickled object (results to rank 0)
 =================  =====================  =========================================
+
+An all-to-all with uneven splits (``all_to_all_uneven``) records exactly the rows it sends to
+other ranks.
 
 ``inter_bytes`` is the part of ``bytes`` sent over a group that spans more than one node
 group; the rest stays inside a node.
@@ -22,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-COLLECTIVE_KINDS = ("all_gather", "reduce_scatter", "all_reduce", "all_to_all", "broadcast")
+COLLECTIVE_KINDS = ("all_gather", "reduce_scatter", "all_reduce", "all_to_all", "broadcast", "gather")
 
 
 def wire_bytes(kind: str, message_bytes: int, group_size: int) -> int:

@@ -14,19 +14,21 @@ from .errors import KeyIssue
 OffloadDevice = Literal["none", "cpu", "nvme"]
 
 
-class _OffloadBase(StrictModel):
+class OffloadTarget(StrictModel):
+    """Where some state rests: the device, the NVMe directory, pinned host buffers."""
+
     device: OffloadDevice = described("none", "Where the offloaded state lives.")
     nvme_path: str | None = described(None, "Directory for the swap files; needed for nvme.")
     pin_memory: bool = described(True, "Pin host buffers so that copies overlap with compute.")
 
     @model_validator(mode="after")
-    def _nvme_needs_path(self) -> "_OffloadBase":
+    def _nvme_needs_path(self) -> "OffloadTarget":
         if self.device == "nvme" and not self.nvme_path:
             raise KeyIssue("nvme_path", "required when device is 'nvme'")
         return self
 
 
-class OffloadOptimizerConfig(_OffloadBase):
+class OffloadOptimizerConfig(OffloadTarget):
     """`zero_optimization.offload_optimizer`: optimizer states and step on the CPU
     (ZeRO-Offload)."""
 
@@ -37,7 +39,7 @@ class OffloadOptimizerConfig(_OffloadBase):
     fast_init: bool = described(False, "Faster optimizer state initialisation for nvme.")
 
 
-class OffloadParamConfig(_OffloadBase):
+class OffloadParamConfig(OffloadTarget):
     """`zero_optimization.offload_param`: stage-3 parameters held on the CPU or NVMe."""
 
     buffer_count: Count = described(5, "Buffers for the nvme parameter swap.", ge=1)

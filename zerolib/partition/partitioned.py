@@ -12,6 +12,7 @@ from typing import Callable, Protocol
 import torch
 
 from zerolib.comm import CommContext, PendingCollective
+from zerolib.comm.scratch import ScratchPool
 from zerolib.partition.layout import BufferSpec, FlatLayout
 
 FillFn = Callable[[BufferSpec, torch.Tensor], None]
@@ -38,14 +39,18 @@ class PartitionedParams:
     def __init__(self, layout: FlatLayout, params: dict[str, torch.nn.Parameter], comm: CommContext, *,
                  dtype: torch.dtype, replicated: frozenset[int] = frozenset(), fill: FillFn | None = None,
                  shard_device: torch.device | None = None, pin_memory: bool = False,
-                 fill_shard: ShardFillFn | None = None, training_gather: TrainingGather | None = None):
+                 fill_shard: ShardFillFn | None = None, training_gather: TrainingGather | None = None,
+                 full_pool: ScratchPool | None = None):
         """``shard_device`` (offload_param): where partitioned shards live between gathers, e.g.
         the host; each gather then copies the shard to ``comm.device`` first. ``fill_shard``
         (a pretrained checkpoint) writes a rank's slice directly: no full buffer, no broadcast.
         ``training_gather`` (ZeRO++): carries the gathers issued for forward and backward instead
-        of a plain all-gather; exact gathers (state dicts, GatheredParameters) stay plain."""
+        of a plain all-gather; exact gathers (state dicts, GatheredParameters) stay plain.
+        ``full_pool`` (inference, where nothing outlives a release): full buffers are taken from
+        and given back to it, so a few preallocated buffers serve every gather."""
         self.layout, self.params, self.comm, self.dtype = layout, params, comm, dtype
         self.training_gather = training_gather
+        self._full_pool = full_pool
         self.shard_device = torch.device(shard_device or comm.device)
         self._pin = pin_memory and self.shard_device.type == "cpu" and torch.cuda.is_available()
         self.replicated = replicated
@@ -101,7 +106,10 @@ class PartitionedParams:
         if index in self.full or index in self._pending:
             return
         spec = self.layout.buffers[index]
-        full = torch.empty(spec.padded_numel, dtype=self.dtype, device=self.comm.device)
+        if self._full_pool is not None:
+            full = self._full_pool.take(spec.padded_numel, self.dtype, self.comm.device)
+        else:
+            full = torch.empty(spec.padded_numel, dtype=self.dtype, device=self.comm.device)
         shard = self.shards[index]
         if shard.device != full.device:  # offloaded shard: fetch it for the collective
             shard = shard.to(full.device, non_blocking=True)
@@ -143,8 +151,11 @@ class PartitionedParams:
         pending = self._pending.get(index)
         if pending is not None:
             pending.wait()
-        if self.full.pop(index, None) is not None:
+        full = self.full.pop(index, None)
+        if full is not None:
             self._point_params_at(self.layout.buffers[index], None)
+            if self._full_pool is not None:
+                self._full_pool.give(full)
 
     def gathered_numel(self) -> int:
         """Elements of partitioned buffers currently whole or being gathered."""
