@@ -1,0 +1,165 @@
+"""Where each MoE layer's experts live during prefill, one class per mode.
+
+* :class:`GatheredExperts` (``async_ep``, ``sync_gather``): every rank stores 1/N of each
+  layer's experts, by expert index, in ZeRO-3's partitioned stores
+  (zerolib/partition/partitioned.py), and ZeRO-3's :class:`ParamCoordinator` gathers a layer's
+  experts just before they run and releases them after. With prefetch (AsyncEP) the coordinator
+  starts layer i+1's all-gather when layer i is fetched, so the transfer runs while layer i
+  computes; at most two layers are whole at once, in two reused buffers (a double buffer). The
+  first MoE layer stays whole: nothing runs before it to hide its gather behind.
+* :class:`ExpertParallel` (``dp_ep``): every rank keeps only its experts; each layer sends
+  every routed token to the rank owning its expert and the outputs back (two all-to-alls).
+* ``reference``: the model stays whole (no placement object).
+
+Expert index e lives on rank ``e // ceil(E / N)``: a shard is a whole number of experts (the
+layout is aligned to one expert), padded at the end when N does not divide E.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from zerolib.comm import CommContext
+from zerolib.comm.scratch import ScratchPool
+from zerolib.config.errors import ConfigError
+from zerolib.inference.adapters import ExpertsModule, PrefillModel
+from zerolib.partition.coordinator import BufferRef, GatherPolicy, ParamCoordinator, Unit
+from zerolib.partition.layout import FlatLayout
+from zerolib.partition.partitioned import PartitionedParams
+
+
+def _copy_own_rows(param: torch.nn.Parameter):
+    """A PartitionedParams ``fill_shard`` that copies this rank's slice from the (still whole)
+    parameter, so building the shards needs no broadcast."""
+    flat = param.detach().reshape(-1)
+
+    def fill(spec, lo, hi, shard) -> bool:
+        real = max(0, min(hi, flat.numel()) - lo)
+        shard[:real].copy_(flat[lo:lo + real])
+        return True
+    return fill
+
+
+class GatheredExperts:
+    """Experts partitioned by index and gathered per layer by the ZeRO-3 coordinator."""
+
+    def __init__(self, model: PrefillModel, comm: CommContext, *, prefetch: bool, shard_device=None):
+        self.comm = comm
+        self.pool = ScratchPool()
+        self.layers = model.experts[1:] if comm.distributed else []
+        self.stores: list[list[PartitionedParams]] = [self._partition(layer, shard_device) for layer in self.layers]
+        units = [Unit(0, "trunk", model.trunk, ())]
+        for index, (layer, stores) in enumerate(zip(self.layers, self.stores), start=1):
+            units.append(Unit(index, layer.name, layer.module, tuple(BufferRef(store, 0) for store in stores)))
+        layer_numel = max((unit.numel for unit in units[1:]), default=0)
+        policy = GatherPolicy(prefetch_numel=layer_numel if prefetch else 0, max_live_numel=2 * layer_numel,
+                              max_reuse_distance=0)
+        self.coordinator = ParamCoordinator(units, policy, comm, verify_order=False)
+
+    def _partition(self, layer: ExpertsModule, shard_device) -> list[PartitionedParams]:
+        stores = []
+        for name, param in layer.params():
+            layout = FlatLayout([[(name, param.shape)]], self.comm.world_size, align=param[0].numel())
+            stores.append(PartitionedParams(layout, {name: param}, self.comm, dtype=param.dtype,
+                                            fill_shard=_copy_own_rows(param), full_pool=self.pool,
+                                            shard_device=shard_device))
+        return stores
+
+    def resting_bytes(self) -> int:
+        """Bytes of expert shards this rank holds between passes."""
+        return sum(s.numel() * s.element_size() for stores in self.stores for store in stores for s in store.shards)
+
+    def close(self) -> None:
+        self.coordinator.remove_hooks()
+
+
+class ExpertParallel:
+    """DP+EP: each rank keeps its own experts; tokens go to them and come back.
+
+    A forward pre-hook on each experts module sends every (token, choice) pair to the rank that
+    owns the chosen expert (one all-to-all, after a tiny one of counts) and hands the module
+    the pairs it received, with expert ids made local; a forward hook sends the weighted outputs
+    back (the second all-to-all) and sums each token's choices. The expert math is the module's
+    own forward, on its own rows.
+    """
+
+    def __init__(self, model: PrefillModel, comm: CommContext):
+        self.comm = comm
+        self._in_flight: dict[int, tuple] = {}
+        self._hooks = []
+        self.local = {}
+        for layer in model.experts:
+            if layer.num_experts % comm.world_size:
+                raise ConfigError("moe_prefill.mode", f"dp_ep needs the experts of '{layer.name}' "
+                                                      f"({layer.num_experts}) to split evenly over {comm.world_size} ranks")
+            per_rank = layer.num_experts // comm.world_size
+            first = comm.rank * per_rank
+            for _, param in layer.params():
+                param.data = param.data[first:first + per_rank].clone()
+            self.local[id(layer.module)] = per_rank
+            self._hooks.append(layer.module.register_forward_pre_hook(self._dispatch))
+            self._hooks.append(layer.module.register_forward_hook(self._combine))
+        if hasattr(model.model, "set_experts_implementation"):
+            # transformers' grouped kernels size their groups by the module's full expert count;
+            # the eager loop runs only the experts chosen, so it works on a rank's own rows
+            # (and ran as fast as grouped_mm on this CPU).
+            model.model.set_experts_implementation("eager")
+
+    def _exchange(self, rows: torch.Tensor, send_counts: list[int], recv_counts: list[int]) -> torch.Tensor:
+        out = rows.new_empty((sum(recv_counts), *rows.shape[1:]))
+        self.comm.all_to_all_uneven(out, rows.contiguous(), recv_counts, send_counts)
+        return out
+
+    def _dispatch(self, module, args):
+        hidden, top_k_index, top_k_weights = args[:3]
+        per_rank = self.local[id(module)]
+        choices = top_k_index.reshape(-1)
+        owner = torch.div(choices, per_rank, rounding_mode="floor")
+        order = torch.argsort(owner, stable=True)
+        send_counts = torch.bincount(owner, minlength=self.comm.world_size)
+        recv_counts = torch.empty_like(send_counts)
+        self.comm.all_to_all(recv_counts, send_counts)
+        send, recv = send_counts.tolist(), recv_counts.tolist()
+        id_dtype = {4: torch.int32, 2: torch.int16}[hidden.element_size()]
+        local_ids = (choices - owner * per_rank)[order].to(id_dtype).view(hidden.dtype)
+        payload = torch.cat([hidden[order // top_k_index.shape[-1]], local_ids[:, None],
+                             top_k_weights.reshape(-1)[order, None].to(hidden.dtype)], dim=1)
+        received = self._exchange(payload, send, recv)
+        self._in_flight[id(module)] = (order // top_k_index.shape[-1], send, recv, hidden.shape[0])
+        width = hidden.shape[1]
+        expert_ids = received[:, width].contiguous().view(id_dtype).long()
+        return received[:, :width].contiguous(), expert_ids[:, None], received[:, width + 1:width + 2].contiguous()
+
+    def _combine(self, module, args, output):
+        token_of, send, recv, num_tokens = self._in_flight.pop(id(module))
+        returned = self._exchange(output, recv, send)
+        combined = output.new_zeros(num_tokens, output.shape[1])
+        return combined.index_add_(0, token_of, returned)
+
+    def resting_bytes(self) -> int:
+        return 0  # the experts' own (local) rows are part of the model's parameters
+
+    def close(self) -> None:
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks.clear()
+
+
+def time_layer_gather(comm: CommContext, expert_numels: list[int], dtype: torch.dtype, repeats: int = 3) -> float:
+    """t_EP: median seconds to all-gather one MoE layer's experts (the slowest rank's), the
+    same bytes in every mode so that T, and therefore the router's rounds, match between them.
+    One rank copies the layer once, as a gather from itself would."""
+    shards = [torch.zeros(-(-numel // comm.world_size), dtype=dtype, device=comm.device) for numel in expert_numels]
+    fulls = [torch.empty(shard.numel() * comm.world_size, dtype=dtype, device=comm.device) for shard in shards]
+    times = []
+    for _ in range(repeats + 1):  # the first round pays for page faults
+        start = time.perf_counter()
+        pending = [comm.all_gather_into(full, shard, async_op=True) for full, shard in zip(fulls, shards)]
+        for item in pending:
+            item.wait()
+        times.append(time.perf_counter() - start)
+    seconds = torch.tensor([statistics.median(times[1:])], dtype=torch.float64)
+    comm.all_reduce(seconds, torch.distributed.ReduceOp.MAX)
+    return float(seconds.item())

@@ -1,0 +1,140 @@
+"""One forward pass of many requests: their new tokens packed into rows, with masks.
+
+Requests of different lengths share rows (no padding per request): each row holds several
+requests' new tokens back to back, and a row's keys are the cached prefix blocks its requests
+read, each distinct block once, followed by the row's own tokens. The mask lets a token see
+the cached blocks of its own request and the earlier new tokens of its own request, nothing
+else. Requests with the same cached prefix are placed next to each other, so siblings of a
+multi-label request share one copy of their prompt's keys in the row.
+
+Rows hold ``row_tokens`` new tokens (more if one request needs more); the tail of the last row
+is padding that attends only to itself and whose output is never read.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from zerolib.inference.blocks import BLOCK_TOKENS
+from zerolib.inference.prefix_cache import PlannedRequest, PrefixKVCache
+
+
+@dataclass
+class Placement:
+    """Where a request's new tokens sit: row, first column, count."""
+
+    row: int
+    column: int
+    count: int
+
+    @property
+    def last(self) -> tuple[int, int]:
+        return self.row, self.column + self.count - 1
+
+
+@dataclass
+class _Row:
+    used: int = 0
+    blocks: dict[int, int] = field(default_factory=dict)  # block hash -> its first key column
+
+
+@dataclass
+class PackedPass:
+    """Model inputs of one pass; ``placements[i]`` is where request ``i`` of the pass went."""
+
+    input_ids: torch.Tensor  # [rows, R]
+    positions: torch.Tensor  # [rows, R]
+    allowed: torch.Tensor  # [rows, R, P + R] bool: may query (row, r) see key k
+    prefix: torch.Tensor | None  # [layers, 2, rows, kv_heads, P, head_dim]: cached keys, values
+    placements: list[Placement]
+
+    @property
+    def prefix_columns(self) -> int:
+        return 0 if self.prefix is None else self.prefix.shape[-2]
+
+    def additive_mask(self, dtype: torch.dtype) -> torch.Tensor:
+        """[rows, 1, R, P + R]: 0 where allowed, the dtype's lowest value elsewhere."""
+        mask = torch.zeros(self.allowed.shape, dtype=dtype)
+        return mask.masked_fill_(~self.allowed, torch.finfo(dtype).min).unsqueeze(1)
+
+
+def _row_order(requests: list[PlannedRequest]) -> list[int]:
+    # families of one cached prefix side by side (shared key columns), longest first inside one
+    return sorted(range(len(requests)),
+                  key=lambda i: (requests[i].hashes[:requests[i].matched], -len(requests[i].new_tokens)))
+
+
+def pack(requests: list[PlannedRequest], cache: PrefixKVCache, row_tokens: int) -> PackedPass:
+    """Packs ``requests`` (all of one pass) into rows; cached blocks come from ``cache``."""
+    if not requests:
+        raise ValueError("pack needs at least one request")
+    width = max(row_tokens, max(len(r.new_tokens) for r in requests))
+    rows: list[_Row] = []
+    placements: list[Placement | None] = [None] * len(requests)
+    for index in _row_order(requests):
+        request = requests[index]
+        count = len(request.new_tokens)
+        if not rows or rows[-1].used + count > width:
+            rows.append(_Row())
+        row = rows[-1]
+        for block_hash in request.hashes[:request.matched]:
+            row.blocks.setdefault(block_hash, len(row.blocks) * BLOCK_TOKENS)
+        placements[index] = Placement(len(rows) - 1, row.used, count)
+        row.used += count
+    prefix_width = max(len(row.blocks) for row in rows) * BLOCK_TOKENS
+    input_ids = torch.zeros(len(rows), width, dtype=torch.long)
+    positions = torch.zeros(len(rows), width, dtype=torch.long)
+    allowed = torch.zeros(len(rows), width, prefix_width + width, dtype=torch.bool)
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    for request, place in zip(requests, placements):
+        cols = slice(place.column, place.column + place.count)
+        input_ids[place.row, cols] = torch.tensor(request.new_tokens)
+        positions[place.row, cols] = torch.arange(request.cached_tokens, len(request.tokens))
+        new_keys = slice(prefix_width + place.column, prefix_width + place.column + place.count)
+        allowed[place.row, cols, new_keys] = causal[:place.count, :place.count]
+        for block_hash in request.hashes[:request.matched]:
+            first = rows[place.row].blocks[block_hash]
+            allowed[place.row, cols, first:first + BLOCK_TOKENS] = True
+    for row_index, row in enumerate(rows):  # padding sees itself only (a row of all -inf is NaN)
+        pad = torch.arange(row.used, width)
+        allowed[row_index, pad, prefix_width + pad] = True
+    return PackedPass(input_ids, positions, allowed, _prefix_tensor(rows, cache, prefix_width), placements)
+
+
+def _prefix_tensor(rows: list[_Row], cache: PrefixKVCache, width: int) -> torch.Tensor | None:
+    if width == 0:
+        return None
+    sample = cache.get(next(h for row in rows for h in row.blocks))
+    layers, two, kv_heads, _, head_dim = sample.shape
+    prefix = sample.new_zeros(layers, two, len(rows), kv_heads, width, head_dim)
+    for row_index, row in enumerate(rows):
+        for block_hash, first in row.blocks.items():
+            prefix[:, :, row_index, :, first:first + BLOCK_TOKENS] = cache.get(block_hash)
+    return prefix
+
+
+class PrefixKV:
+    """The cache object a model's attention layers call: ``update(keys, values, layer_index)``
+    returns the cached prefix's keys/values followed by the new ones, and keeps the new ones
+    (the contract of a Hugging Face cache, which zerolib's MoE GPT follows too)."""
+
+    def __init__(self, prefix: torch.Tensor | None, num_layers: int):
+        self.prefix = prefix
+        self.computed: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * num_layers
+
+    def update(self, keys: torch.Tensor, values: torch.Tensor, layer_index: int, *args, **kwargs):
+        self.computed[layer_index] = (keys, values)
+        if self.prefix is None:
+            return keys, values
+        return (torch.cat([self.prefix[layer_index, 0].to(keys.dtype), keys], dim=-2),
+                torch.cat([self.prefix[layer_index, 1].to(values.dtype), values], dim=-2))
+
+    def span(self, row: int, start: int, end: int) -> torch.Tensor:
+        """[layers, 2, kv_heads, end - start, head_dim]: the keys and values this pass computed
+        for columns ``[start, end)`` of ``row`` (a copy, to outlive the pass)."""
+        missing = [i for i, kv in enumerate(self.computed) if kv is None]
+        if missing:
+            raise RuntimeError(f"the model's attention never passed layers {missing} to the cache: cannot keep "
+                               f"their keys for the prefix cache")
+        return torch.stack([torch.stack((k[row, :, start:end], v[row, :, start:end])) for k, v in self.computed])
