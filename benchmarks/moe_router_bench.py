@@ -9,10 +9,10 @@ in waves: each wave is many requests over a few long shared prefixes, shuffled; 
 scored to the end before the next arrives. Runs are interleaved and repeated (the machine is
 shared); medians are printed.
 
-The engine is the MoE-prefill backend when ``--model DIR`` (a transformers MoE directory) is
-given and zerolib.inference.MoEPrefillEngine exists, else the stand-in scorer
-(tests/support/prefill_standin.py: zerolib's GPT with a real per-rank prefix KV cache, which
-skips computing cached prefix tokens exactly as the contract says the engine does).
+The engine is MoEPrefillEngine (``--mode``, default async_ep) over ``--model DIR`` (a transformers
+MoE directory) or else zerolib's MoE GPT of ``--width`` and ``--layers``; its per-rank prefix KV
+cache really skips computing cached prefix tokens, so a router that keeps prefixes on one rank
+saves work.
 
     python benchmarks/moe_router_bench.py [--quick] [--ranks 2] [--repeats 3] [--cache_blocks 48]
 """
@@ -26,7 +26,7 @@ import time
 
 import torch
 
-from common import run_ranks  # noqa: F401  (puts tests/ on the path for the stand-in)
+from common import run_ranks
 from zerolib.comm import CommContext
 from zerolib.inference.router import make_router
 from zerolib.inference.serve.rounds import RoundChannel, RoundMessage, follow_rounds
@@ -96,39 +96,38 @@ def compare_routers(make_engine, workload, routers=ROUTER_ORDER, repeats: int = 
     return runs if comm.rank == 0 else None
 
 
-def _standin_factory(args, comm: CommContext):
-    from support.prefill_standin import StandInScorer
-    from zerolib.models import GPT, GPTConfig
+def _engine_factory(args, comm: CommContext):
+    from zerolib.inference import MoEPrefillEngine
+    from zerolib.inference.serve.load import build_engine
+    from zerolib.inference.serve.settings import ServeSettings
+    from zerolib.models import MoEGPT, MoEGPTConfig
+
+    config = {"moe_prefill": {"mode": args.mode, "cache_blocks": args.cache_blocks}}
+    if args.model:
+        return lambda: build_engine(args.model, config, ServeSettings(), comm=comm)[0]
 
     def make():
         torch.manual_seed(0)
-        model = GPT(GPTConfig(vocab_size=256, block_size=512, n_layer=args.layers, n_head=4, n_embd=args.width))
-        return StandInScorer(model, cache_blocks=args.cache_blocks, comm=comm, threshold=1.0)
+        model = MoEGPT(MoEGPTConfig(vocab_size=256, block_size=512, n_layer=args.layers, n_head=4, n_embd=args.width,
+                                    n_experts=8, expert_hidden=2 * args.width))
+        return MoEPrefillEngine(model, config, comm=comm)
     return make
-
-
-def _engine_factory(args, comm: CommContext):
-    from zerolib.inference.serve.load import build_engine
-    from zerolib.inference.serve.settings import ServeSettings
-
-    config = {"moe_prefill": {"mode": "async_ep", "cache_blocks": args.cache_blocks}}
-    return lambda: build_engine(args.model, config, ServeSettings())[0]
 
 
 def _bench_rank(args) -> dict | None:
     comm = CommContext.from_environment(timeout_seconds=300)
-    make = _engine_factory(args, comm) if args.model else _standin_factory(args, comm)
+    make = _engine_factory(args, comm)
     probe = make()
     workload = prefix_mix(args.waves, args.per_wave, args.prefixes, args.prefix_tokens, probe.cost.vocab_size or 256)
-    # T: the engine's own unless it is the stand-in's placeholder; then args.round_requests average
-    # requests per rank per round, in the requests' full (uncached) prefill FLOPs
+    # T: the engine's measured one, or --round_requests average requests per rank per round, in
+    # the requests' full (uncached) prefill FLOPs
     mean_cost = statistics.mean(probe.cost.prefill(len(r["input_ids"])) for wave in workload for r in wave)
-    threshold = probe.threshold if args.model else args.round_requests * mean_cost
+    threshold = args.round_requests * mean_cost if args.round_requests else probe.threshold
     runs = compare_routers(make, workload, repeats=args.repeats, threshold=threshold, comm=comm)
     if runs is None:
         return None
-    runs["_meta"] = {"threshold": threshold, "mean_request_flops": mean_cost, "engine": type(probe).__name__,
-                     "world_size": comm.world_size}
+    runs["_meta"] = {"threshold": threshold, "mean_request_flops": mean_cost, "world_size": comm.world_size,
+                     "engine": f"MoEPrefillEngine ({args.mode}) over {args.model or 'MoEGPT'}"}
     return runs
 
 
@@ -158,7 +157,8 @@ def parse_args(argv):
     parser.add_argument("--quick", action="store_true", help="a small run that only shows the script works")
     parser.add_argument("--ranks", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--model", help="a transformers MoE directory, scored by MoEPrefillEngine")
+    parser.add_argument("--model", help="a transformers MoE directory (default: zerolib's MoE GPT)")
+    parser.add_argument("--mode", default="async_ep", choices=("async_ep", "sync_gather", "dp_ep", "reference"))
     parser.add_argument("--waves", type=int, default=4)
     parser.add_argument("--per_wave", type=int, default=96)
     parser.add_argument("--prefixes", type=int, default=6, help="distinct shared prefixes")
@@ -166,7 +166,8 @@ def parse_args(argv):
     parser.add_argument("--cache_blocks", type=int, default=48,
                         help="prefix cache per rank, in blocks (48: the default mix's ~60 prefix blocks "
                              "fit in two ranks' caches together but not in one; 256 holds them all everywhere)")
-    parser.add_argument("--round_requests", type=float, default=8.0, help="stand-in T, in uncached requests per rank")
+    parser.add_argument("--round_requests", type=float, default=None,
+                        help="fix T at this many uncached requests per rank and round (default: the engine's T)")
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
     args = parser.parse_args(argv)
@@ -179,9 +180,6 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    if args.model:
-        from zerolib.inference.serve.load import require_backend
-        require_backend()
     runs = run_ranks(_bench_rank, args.ranks, args, timeout=1800)[0]
     print("\n".join(report(runs)))
     return 0

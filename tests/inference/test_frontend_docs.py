@@ -1,6 +1,6 @@
 """docs/moe_prefill_frontend.md: every ```python block runs (in order, one namespace; the client
-example against a real stand-in server), every `zerolib` line of a ```bash block runs (with the
-real engine when it is merged; until then it must stop with the missing-backend error), and
+example against a real server on this process), every `zerolib` line of a ```bash block runs (against a
+served model directory), and
 the `serve` table lists every ServeSettings key."""
 import os
 import re
@@ -9,8 +9,7 @@ import signal
 
 import pytest
 
-from support.serving import ServerThread, standin, tiny_gpt
-from zerolib.cli import main as cli_main
+from support.serving import ServerThread, one_rank_engine, tiny_moe
 from zerolib.inference.serve.settings import ServeSettings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -26,7 +25,7 @@ def blocks() -> list[tuple[str, str]]:
 
 def test_python_snippets_run(capsys):
     pytest.importorskip("httpx", reason="httpx is not installed (pip install zerolib[dev])")
-    server = ServerThread(standin(tiny_gpt()))
+    server = ServerThread(one_rank_engine(tiny_moe()))
     try:
         namespace = {}
         found = [code for language, code in blocks() if language == "python"]
@@ -58,9 +57,7 @@ def _run_with_the_engine(words: list[str], tmp_path) -> None:
     assert "[rank0] stopped cleanly" in output and code == 128 + signal.SIGTERM, output
 
 
-def test_zerolib_lines_run(tmp_path, monkeypatch, capsys):
-    from test_server_load import has_backend
-
+def test_zerolib_lines_run(tmp_path, monkeypatch):
     lines = [line for language, code in blocks() if language == "bash" for line in code.splitlines()]
     assert lines and all(line.startswith("zerolib ") for line in lines), lines
     (tmp_path / "tiny-qwen3-moe").mkdir()
@@ -69,11 +66,7 @@ def test_zerolib_lines_run(tmp_path, monkeypatch, capsys):
     for line in lines:
         words = shlex.split(line)
         assert words[1] == "serve-prefill", line
-        if has_backend():
-            _run_with_the_engine(words, tmp_path)
-            continue
-        assert cli_main(words[1:]) == 2
-        assert "MoEPrefillEngine is not in this installation" in capsys.readouterr().err
+        _run_with_the_engine(words, tmp_path)
 
 
 def test_serve_table_lists_every_key():

@@ -1,25 +1,25 @@
-"""The router's committed tables mirror the engines' prefix caches, checked against a real scorer.
+"""The router's committed tables mirror the engines' prefix caches, checked against real engines.
 
-The scorer is tests/support/prefill_standin.py (zerolib's GPT with a per-rank prefix KV cache);
-SWITCH TO THE REAL ENGINE: once zerolib.inference.MoEPrefillEngine is merged, the same checks
-should run against it (its cache is not inspectable through the contract, so the check there is
-the engine's own cached-token count, when it exposes one).
+Each "rank" is a one-process MoEPrefillEngine over the same tiny MoE GPT (its prefix KV cache is
+the real one); the router's tables must equal each engine's cache after every round, and the
+cache hits the router expects must be the tokens each engine really read from its cache.
 """
 import random
 
 import pytest
 import torch
 
-from support.prefill_standin import StandInScorer, reference_scores
+from support.moe_models import reference_answers
+from support.serving import tiny_moe
 from zerolib.comm import CommContext
+from zerolib.inference import MoEPrefillEngine
 from zerolib.inference.blocks import BLOCK_TOKENS
 from zerolib.inference.router import PrefixRouter, RoundRobinRouter
-from zerolib.models import GPT, GPTConfig
 
 
-def tiny_gpt() -> GPT:
-    torch.manual_seed(0)
-    return GPT(GPTConfig(vocab_size=64, block_size=128, n_layer=2, n_head=2, n_embd=32))
+def engine(cache_blocks: int) -> MoEPrefillEngine:
+    config = {"moe_prefill": {"mode": "reference", "cache_blocks": cache_blocks, "threshold_flops": 1.0}}
+    return MoEPrefillEngine(tiny_moe(), config, comm=CommContext())
 
 
 def workload(count: int, seed: int) -> list[dict]:
@@ -29,21 +29,20 @@ def workload(count: int, seed: int) -> list[dict]:
              "candidates": rng.sample(range(64), 3)} for _ in range(count)]
 
 
-def test_standin_with_its_prefix_cache_matches_a_full_forward():
-    model = tiny_gpt()
-    scorer = StandInScorer(model, cache_blocks=16, comm=CommContext(), threshold=1.0)
+def test_the_engine_with_its_prefix_cache_matches_a_full_forward():
+    scorer = engine(cache_blocks=16)
     requests = workload(12, seed=1)
     got = scorer.score(requests)
     assert scorer.stats["cached_tokens"] > 0, "the workload shares prefixes: the cache must be used"
-    for mine, ref in zip(got, reference_scores(model, requests)):
+    for mine, ref in zip(got, reference_answers(tiny_moe(), requests)):
         assert mine["best"] == ref["best"]
         assert mine["logprobs"] == pytest.approx(ref["logprobs"], abs=1e-5)
 
 
 @pytest.mark.parametrize("router_cls", [PrefixRouter, RoundRobinRouter])
 def test_committed_tables_equal_each_rank_cache_after_every_round(router_cls):
-    model, world, capacity = tiny_gpt(), 3, 6  # a small cache, so that LRU eviction happens
-    ranks = [StandInScorer(model, cache_blocks=capacity, comm=CommContext(), threshold=1.0) for _ in range(world)]
+    world, capacity = 3, 6  # a small cache, so that LRU eviction happens
+    ranks = [engine(cache_blocks=capacity) for _ in range(world)]
     router = router_cls(ranks[0].cost, threshold=6 * ranks[0].cost.prefill(40), world_size=world,
                         cache_blocks=capacity)
     queue = workload(60, seed=2)

@@ -1,9 +1,7 @@
 """The scoring server over real HTTP (httpx) against a real uvicorn server on a free port.
 
-The engine is the stand-in scorer (tests/support/prefill_standin.py: zerolib's GPT with a prefix
-KV cache, real computation). SWITCH TO THE REAL ENGINE: when zerolib.inference.MoEPrefillEngine
-is merged, ``standin(model)`` becomes the engine built from the same model; the answers are then
-checked against the same plain forward.
+The engine is MoEPrefillEngine over a tiny MoE GPT on this process (prefix KV cache, real
+computation); answers are checked against a plain forward of the same model.
 """
 import json
 import socket
@@ -14,9 +12,9 @@ import pytest
 httpx = pytest.importorskip("httpx", reason="httpx is not installed (pip install zerolib[dev])")
 pytest.importorskip("fastapi", reason="fastapi is not installed (pip install zerolib[serve])")
 
-from support.prefill_standin import reference_scores  # noqa: E402
-from support.serving import (VOCAB, FailingScorer, GatedScorer, ServerThread, prefix_workload,  # noqa: E402
-                             standin, tiny_gpt)
+from support.moe_models import reference_answers  # noqa: E402
+from support.serving import (VOCAB, FailingScorer, GatedScorer, ServerThread, one_rank_engine,  # noqa: E402
+                             prefix_workload, tiny_moe)
 from zerolib.inference.serve.settings import ServeSettings  # noqa: E402
 
 
@@ -29,21 +27,22 @@ class ByteTokenizer:
 
 @pytest.fixture(scope="module")
 def model():
-    return tiny_gpt()
+    return tiny_moe()
 
 
 @pytest.fixture(scope="module")
 def server(model):
     settings = ServeSettings(max_requests_per_call=8, max_body_bytes=20_000, max_input_tokens=100, max_candidates=8)
     # a threshold of ~6 requests per round, so that concurrent calls share and split rounds
-    scorer = standin(model, threshold=6 * 40 * standin(model).cost.linear_per_token())
+    scorer = one_rank_engine(tiny_moe())
+    scorer.threshold = 6 * 40 * scorer.cost.linear_per_token()
     running = ServerThread(scorer, settings, tokenizer=ByteTokenizer(), max_positions=128)
     yield running
     assert running.close() == 0
 
 
 def _check_answers(got: list[dict], requests: list[dict], model) -> None:
-    for mine, ref in zip(got, reference_scores(model, requests), strict=True):
+    for mine, ref in zip(got, reference_answers(model, requests), strict=True):
         assert mine["best"] == ref["best"]
         assert mine["logprobs"] == pytest.approx(ref["logprobs"], abs=1e-5)
 
@@ -165,7 +164,7 @@ def _post_and_vanish(url: str, body: dict) -> None:
 
 
 def test_a_client_that_disconnects_loses_no_one_else_s_result_and_a_full_queue_says_503(model):
-    gated = GatedScorer(standin(model))
+    gated = GatedScorer(one_rank_engine(tiny_moe()))
     running = ServerThread(gated, ServeSettings(max_queue_requests=3, batch_wait_seconds=0.0))
     try:
         first = prefix_workload(1, seed=7)
@@ -200,7 +199,7 @@ def test_a_client_that_disconnects_loses_no_one_else_s_result_and_a_full_queue_s
 
 
 def test_a_failing_engine_answers_503_and_ends_the_rank(model):
-    failing = FailingScorer(standin(model))
+    failing = FailingScorer(one_rank_engine(tiny_moe()))
     running = ServerThread(failing)
     request = {"requests": prefix_workload(1, seed=11)}
     assert httpx.post(running.url + "/v1/score", json=request, timeout=60).status_code == 200

@@ -1,8 +1,8 @@
 """Multi-rank serving through zerolib's launcher: rank 0 serves HTTP and routes, every rank scores.
 
-The stand-in job (scripts/serve_standin.py) runs the real serve() loop on 2 gloo ranks with the
-stand-in scorer; SWITCH TO THE REAL ENGINE: test_serve_prefill_end_to_end_with_the_real_engine
-runs `zerolib serve-prefill` itself and skips while zerolib.inference.MoEPrefillEngine is missing.
+The job (scripts/serve_tiny_moe.py) runs the real serve() loop on 2 gloo ranks with
+MoEPrefillEngine (AsyncEP) over a tiny seeded MoE GPT; test_server_load.py runs the
+`zerolib serve-prefill` command itself against a transformers model directory.
 """
 import os
 import queue
@@ -18,11 +18,11 @@ httpx = pytest.importorskip("httpx", reason="httpx is not installed (pip install
 pytest.importorskip("fastapi", reason="fastapi is not installed (pip install zerolib[serve])")
 
 from harness import free_port  # noqa: E402
-from support.prefill_standin import reference_scores  # noqa: E402
-from support.serving import prefix_workload, tiny_gpt  # noqa: E402
+from support.moe_models import reference_answers  # noqa: E402
+from support.serving import prefix_workload, tiny_moe  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SCRIPT = os.path.join(REPO, "tests", "inference", "scripts", "serve_standin.py")
+SCRIPT = os.path.join(REPO, "tests", "inference", "scripts", "serve_tiny_moe.py")
 
 
 class Job:
@@ -63,7 +63,7 @@ class Job:
         return code, "\n".join(self.seen)
 
 
-def start_standin_job() -> tuple[Job, str, dict[int, int]]:
+def start_job() -> tuple[Job, str, dict[int, int]]:
     job = Job(["--num_procs", "2", "--master_port", str(free_port()), "--term_grace", "3", SCRIPT, "0"])
     url = job.wait_for("serving on").split("serving on ")[1].split()[0]
     pids = {}
@@ -75,9 +75,9 @@ def start_standin_job() -> tuple[Job, str, dict[int, int]]:
 
 
 def test_two_ranks_serve_concurrent_clients_and_stop_cleanly_on_sigterm():
-    job, url, _ = start_standin_job()
+    job, url, _ = start_job()
     try:
-        model = tiny_gpt()
+        model = tiny_moe()
         calls = [prefix_workload(2 + i % 3, seed=300 + i) for i in range(12)]
         answers = [None] * len(calls)
 
@@ -93,7 +93,7 @@ def test_two_ranks_serve_concurrent_clients_and_stop_cleanly_on_sigterm():
         ranks_used = set()
         for got, requests in zip(answers, calls):
             assert got is not None, "a client got no answer"
-            for mine, ref in zip(got, reference_scores(model, requests), strict=True):
+            for mine, ref in zip(got, reference_answers(model, requests), strict=True):
                 assert mine["best"] == ref["best"]
                 assert mine["logprobs"] == pytest.approx(ref["logprobs"], abs=1e-5)
                 ranks_used.add(mine["rank"])
@@ -109,7 +109,7 @@ def test_two_ranks_serve_concurrent_clients_and_stop_cleanly_on_sigterm():
 
 
 def test_a_crashed_rank_ends_the_whole_job_and_no_client_hangs():
-    job, url, pids = start_standin_job()
+    job, url, pids = start_job()
     try:
         reply = httpx.post(url + "/v1/score", json={"requests": prefix_workload(1, seed=1)}, timeout=60)
         assert reply.status_code == 200

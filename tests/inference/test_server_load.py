@@ -1,11 +1,8 @@
 """``--model PATH`` loading and the `zerolib serve-prefill` command line.
 
-SWITCH TO THE REAL ENGINE: test_serve_prefill_end_to_end_with_the_real_engine runs the whole
-command on 2 ranks against a transformers Qwen3-MoE directory; it skips, saying why, while
-zerolib.inference.MoEPrefillEngine is missing, and test_serve_prefill_without_the_backend_fails_
-before_starting_ranks runs instead.
+test_serve_prefill_end_to_end_with_the_real_engine runs the whole command on 2 ranks against a
+transformers Qwen3-MoE directory.
 """
-import importlib
 import json
 import signal
 
@@ -13,15 +10,11 @@ import pytest
 import torch
 
 from harness import free_port
-from support.serving import tiny_gpt
+from support.serving import tiny_moe
 from zerolib.cli import main as cli_main
 from zerolib.config.errors import ConfigError
-from zerolib.inference.serve.load import BackendMissing, build_engine, load_model
+from zerolib.inference.serve.load import load_model
 from zerolib.inference.serve.settings import ServeSettings
-
-
-def has_backend() -> bool:
-    return hasattr(importlib.import_module("zerolib.inference"), "MoEPrefillEngine")
 
 
 def save_tiny_qwen3_moe(directory) -> torch.nn.Module:
@@ -56,18 +49,29 @@ def test_a_tokenizer_saved_with_the_model_is_loaded_for_text_requests(tmp_path):
     assert tokenizer.encode("is it spam") == [1, 2, 3]
 
 
-def test_a_zerolib_checkpoint_loads_into_the_factory_model(tmp_path):
+def test_a_moe_gpt_trained_with_zerolib_is_served_from_its_checkpoint(tmp_path):
     import zerolib
+    from support.moe_models import reference_answers
+    from support.serving import VOCAB, one_rank_engine, prefix_workload
 
-    trained = tiny_gpt(seed=5)
-    config = {"train_micro_batch_size_per_gpu": 1, "optimizer": {"type": "AdamW", "params": {"lr": 1e-3}},
-              "zero_optimization": {"stage": 0}, "steps_per_print": None}
-    zerolib.initialize(trained, config).save_checkpoint(str(tmp_path))
-    settings = ServeSettings(model_factory="support.serving:tiny_gpt")  # builds seed-0 weights
+    trained = tiny_moe(seed=5)
+    config = {"train_micro_batch_size_per_gpu": 2, "optimizer": {"type": "AdamW", "params": {"lr": 1e-2}},
+              "zero_optimization": {"stage": 2}, "steps_per_print": None}
+    engine = zerolib.initialize(trained, config)
+    batch = torch.randint(0, VOCAB, (2, 33), generator=torch.Generator().manual_seed(0))
+    for _ in range(3):
+        engine.backward(engine(batch[:, :-1], batch[:, 1:]))
+        engine.step()
+    engine.save_checkpoint(str(tmp_path))
+    settings = ServeSettings(model_factory="support.serving:tiny_moe")  # builds seed-0 weights
     model, _, max_positions = load_model(str(tmp_path), settings)
     assert max_positions == 128
     for (name, mine), theirs in zip(model.state_dict().items(), trained.state_dict().values(), strict=True):
         assert torch.equal(mine, theirs), name
+    requests = prefix_workload(6, seed=7)
+    served = one_rank_engine(model).score(requests)
+    for mine, ref in zip(served, reference_answers(trained.eval(), requests), strict=True):
+        assert mine["best"] == ref["best"] and mine["logprobs"] == pytest.approx(ref["logprobs"], abs=1e-5)
 
 
 def test_unloadable_paths_and_factories_are_named(tmp_path):
@@ -82,13 +86,6 @@ def test_unloadable_paths_and_factories_are_named(tmp_path):
         load_model(str(tmp_path), ServeSettings(model_factory="nowhere:model"))
 
 
-def test_build_engine_names_the_missing_backend(tmp_path):
-    if has_backend():
-        pytest.skip("zerolib.inference.MoEPrefillEngine is present: the end-to-end test covers it")
-    with pytest.raises(BackendMissing, match="MoEPrefillEngine"):
-        build_engine(str(tmp_path), {}, ServeSettings())
-
-
 def test_serve_prefill_rejects_bad_arguments_before_starting_ranks(tmp_path, capsys):
     assert cli_main(["serve-prefill", "--model", str(tmp_path / "nope"), "--port", "0"]) == 2
     assert "--model" in capsys.readouterr().err
@@ -96,6 +93,9 @@ def test_serve_prefill_rejects_bad_arguments_before_starting_ranks(tmp_path, cap
     config.write_text(json.dumps({"serve": {"max_input_tokenz": 5}}))
     assert cli_main(["serve-prefill", "--model", str(tmp_path), "--port", "0", "--config", str(config)]) == 2
     assert "serve.max_input_tokenz: unknown key; did you mean 'max_input_tokens'?" in capsys.readouterr().err
+    config.write_text(json.dumps({"moe_prefill": {"mod": "dp_ep"}}))
+    assert cli_main(["serve-prefill", "--model", str(tmp_path), "--port", "0", "--config", str(config)]) == 2
+    assert "moe_prefill.mod: unknown key; did you mean 'mode'?" in capsys.readouterr().err
     assert cli_main(["serve-prefill", "--model", str(tmp_path), "--port", "70000"]) == 2
     assert "--port" in capsys.readouterr().err
 
@@ -112,17 +112,7 @@ def test_serve_prefill_starts_the_worker_on_every_rank_through_the_launcher(tmp_
     assert worker[worker.index("--port") + 1] == "8000" and worker[worker.index("--model") + 1] == str(tmp_path)
 
 
-def test_serve_prefill_without_the_backend_fails_before_starting_ranks(tmp_path, capsys):
-    if has_backend():
-        pytest.skip("zerolib.inference.MoEPrefillEngine is present: the end-to-end test runs instead")
-    assert cli_main(["serve-prefill", "--model", str(tmp_path), "--num_procs", "2", "--port", "0"]) == 2
-    assert "MoEPrefillEngine is not in this installation" in capsys.readouterr().err
-
-
 def test_serve_prefill_end_to_end_with_the_real_engine(tmp_path):
-    if not has_backend():
-        pytest.skip("zerolib.inference.MoEPrefillEngine is not merged yet (the backend's worktree); "
-                    "the lead enables this after merging")
     httpx = pytest.importorskip("httpx", reason="httpx is not installed (pip install zerolib[dev])")
     from test_server_launch import Job
 

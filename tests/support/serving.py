@@ -1,5 +1,6 @@
-"""Helpers for the scoring-server tests: a tiny seeded GPT, a workload with shared prefixes, and a
-real uvicorn server on a free port in a background thread of the test process."""
+"""Helpers for the scoring-server tests: a tiny seeded MoE GPT and an engine over it, a workload
+with shared prefixes, and a real uvicorn server on a free port in a background thread of the test
+process."""
 from __future__ import annotations
 
 import queue
@@ -8,18 +9,19 @@ import threading
 
 import torch
 
-from support.prefill_standin import StandInScorer
 from zerolib.comm import CommContext
+from zerolib.inference import MoEPrefillEngine
 from zerolib.inference.serve.server import serve
 from zerolib.inference.serve.settings import ServeSettings
-from zerolib.models import GPT, GPTConfig
+from zerolib.models import MoEGPT, MoEGPTConfig
 
 VOCAB = 64
 
 
-def tiny_gpt(seed: int = 0) -> GPT:
+def tiny_moe(seed: int = 0) -> MoEGPT:
     torch.manual_seed(seed)
-    return GPT(GPTConfig(vocab_size=VOCAB, block_size=128, n_layer=2, n_head=2, n_embd=32))
+    return MoEGPT(MoEGPTConfig(vocab_size=VOCAB, block_size=128, n_layer=2, n_head=2, n_embd=32, n_experts=4,
+                               expert_hidden=32))
 
 
 def prefix_workload(count: int, seed: int, num_prefixes: int = 3) -> list[dict]:
@@ -96,6 +98,7 @@ class GatedScorer:
         return self.scorer.score(requests, assignment, return_logits=return_logits)
 
 
-def standin(model: GPT, threshold: float | None = None) -> StandInScorer:
-    return StandInScorer(model, cache_blocks=64, comm=CommContext(),
-                         threshold=threshold if threshold is not None else 1e9)
+def one_rank_engine(model: MoEGPT, threshold: float = 1e9) -> MoEPrefillEngine:
+    """The engine on this process alone (the server thread's rank 0), with a fixed T."""
+    config = {"moe_prefill": {"mode": "reference", "cache_blocks": 64, "threshold_flops": threshold}}
+    return MoEPrefillEngine(model, config, comm=CommContext())

@@ -1,7 +1,7 @@
 """``zerolib serve-prefill --model PATH --num_procs N --port P [--host H] [--config F]``.
 
-Checks what it can on this process (the model path, the config file, that the backend is
-installed), then starts N ranks of
+Checks what it can on this process (the model path, the config file's serve and moe_prefill
+blocks), then starts N ranks of
 zerolib.inference.serve.worker through zerolib's own launcher, which prefixes each rank's
 output and ends the whole job when any rank fails.
 """
@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 from zerolib.config.errors import ConfigError
-from zerolib.inference.serve.load import BackendMissing, require_backend
 from zerolib.inference.serve.settings import load_config_file
+from zerolib.inference.settings import load_prefill_config
 
 
 def _free_port(host: str) -> int:
@@ -55,9 +55,9 @@ def main(argv: list[str]) -> int:
             raise ValueError(f"--port must be in 0..65535, got {args.port}")
         if not Path(args.model).exists():
             raise ValueError(f"--model {args.model}: no such file or directory")
-        load_config_file(args.config)
-        require_backend()  # before starting N ranks that would each fail on it
-    except (BackendMissing, ConfigError, ValueError) as err:
+        _, engine_config = load_config_file(args.config)
+        load_prefill_config(engine_config)  # before starting N ranks that would each fail on it
+    except (ConfigError, ValueError) as err:
         print(f"zerolib serve-prefill: error: {err}", file=sys.stderr)
         return 2
     from zerolib.launcher import main as launch_main

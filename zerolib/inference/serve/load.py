@@ -14,10 +14,6 @@ from zerolib.config.errors import ConfigError
 from zerolib.inference.serve.settings import ServeSettings
 
 
-class BackendMissing(RuntimeError):
-    """This installation has no zerolib.inference.MoEPrefillEngine."""
-
-
 def _is_checkpoint(path: Path) -> bool:
     return (path / "latest").is_file() or (path / "manifest.json").is_file()
 
@@ -58,18 +54,10 @@ def load_model(model_path: str, settings: ServeSettings):
                      f"zerolib checkpoint (no 'latest' file or manifest.json)")
 
 
-def require_backend():
-    """zerolib.inference.MoEPrefillEngine, or :class:`BackendMissing` saying so."""
-    try:
-        from zerolib.inference import MoEPrefillEngine
-    except ImportError:
-        raise BackendMissing("zerolib.inference.MoEPrefillEngine is not in this installation: serve-prefill "
-                             "needs the MoE-prefill backend") from None
-    return MoEPrefillEngine
+def build_engine(model_path: str, engine_config: dict, settings: ServeSettings, comm=None):
+    """(MoEPrefillEngine, tokenizer or None, longest input or None); call on every rank. ``comm``:
+    the server's CommContext, shared so that one ledger counts every byte the job sends."""
+    from zerolib.inference import MoEPrefillEngine
 
-
-def build_engine(model_path: str, engine_config: dict, settings: ServeSettings):
-    """(MoEPrefillEngine, tokenizer or None, longest input or None); call on every rank."""
-    engine_class = require_backend()
     model, tokenizer, max_positions = load_model(model_path, settings)
-    return engine_class(model, engine_config, tokenizer=tokenizer), tokenizer, max_positions
+    return MoEPrefillEngine(model, engine_config, tokenizer=tokenizer, comm=comm), tokenizer, max_positions

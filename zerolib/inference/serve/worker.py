@@ -10,7 +10,7 @@ import sys
 
 from zerolib.comm import CommContext
 from zerolib.config.errors import ConfigError
-from zerolib.inference.serve.load import BackendMissing, build_engine
+from zerolib.inference.serve.load import build_engine
 from zerolib.inference.serve.server import serve
 from zerolib.inference.serve.settings import load_config_file
 
@@ -25,8 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings, engine_config = load_config_file(args.config)
         comm = CommContext.from_environment(timeout_seconds=settings.collective_timeout_seconds)
-        engine, tokenizer, max_positions = build_engine(args.model, engine_config, settings)
-    except (BackendMissing, ConfigError, FileNotFoundError, ValueError) as err:
+        engine, tokenizer, max_positions = build_engine(args.model, engine_config, settings, comm=comm)
+    except (ConfigError, FileNotFoundError, ValueError) as err:
         print(f"zerolib serve-prefill: error: {err}", file=sys.stderr, flush=True)
         return 2
     return serve(engine, settings, comm=comm, host=args.host, port=args.port, tokenizer=tokenizer,
