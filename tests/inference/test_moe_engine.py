@@ -10,10 +10,12 @@ import pytest
 import torch
 
 from support.moe_models import MODEL_KINDS, build_model, reference_answers, workload
-from zerolib.inference.settings import Mode
 
 MODES = ("async_ep", "sync_gather", "dp_ep", "reference")
 WORLD_SIZES = (2, 4)
+# (model, case name) -> the moe_prefill block: every mode, plus AsyncEP with its shards in host memory
+CASES = {**{(kind, mode): {"mode": mode, "row_tokens": 48} for kind in MODEL_KINDS for mode in MODES},
+         ("moe_gpt", "async_ep offload cpu"): {"mode": "async_ep", "row_tokens": 48, "offload": {"device": "cpu"}}}
 
 
 def _layer_bytes(engine) -> int:
@@ -25,23 +27,23 @@ def run_grid() -> dict:
     from zerolib.inference import MoEPrefillEngine
 
     out = {}
-    for kind in MODEL_KINDS:
-        for mode in MODES:
-            engine = MoEPrefillEngine(build_model(kind), {"moe_prefill": {"mode": mode, "row_tokens": 48}})
-            engine.comm.ledger.reset()
-            first = engine.score(workload())
-            comm, passes = engine.comm.ledger.snapshot(), engine.stats["passes"] - 1  # minus the start-up pass
-            second = engine.score(workload())
-            experts = engine.model.experts
-            out[(kind, mode)] = {
-                "answers": [first, second], "stats": dict(engine.stats), "comm": comm, "passes": passes,
-                "layer_bytes": _layer_bytes(engine), "moe_layers": len(experts),
-                "resting_bytes": engine.placement.resting_bytes() if engine.placement else 0,
-                "param_numels": [sum(p.numel() for _, p in layer.params()) for layer in experts],
-                "full_numels": [sum(layer.numels) for layer in experts],
-                "peak_live": engine.placement.coordinator.peak_live_numel if mode in ("async_ep", "sync_gather") else 0,
-            }
-            engine.close()
+    for (kind, case), block in CASES.items():
+        mode = block["mode"]
+        engine = MoEPrefillEngine(build_model(kind), {"moe_prefill": block})
+        engine.comm.ledger.reset()
+        first = engine.score(workload())
+        comm, passes = engine.comm.ledger.snapshot(), engine.stats["passes"] - 1  # minus the start-up pass
+        second = engine.score(workload())
+        experts = engine.model.experts
+        out[(kind, case)] = {
+            "answers": [first, second], "stats": dict(engine.stats), "comm": comm, "passes": passes,
+            "layer_bytes": _layer_bytes(engine), "moe_layers": len(experts),
+            "resting_bytes": engine.placement.resting_bytes() if engine.placement else 0,
+            "param_numels": [sum(p.numel() for _, p in layer.params()) for layer in experts],
+            "full_numels": [sum(layer.numels) for layer in experts],
+            "peak_live": engine.placement.coordinator.peak_live_numel if mode in ("async_ep", "sync_gather") else 0,
+        }
+        engine.close()
     return out
 
 
@@ -49,7 +51,7 @@ class Grid:
     def __init__(self):
         self._runs = {}
 
-    def rank_results(self, world_size: int, kind: str, mode: Mode) -> list[dict]:
+    def rank_results(self, world_size: int, kind: str, mode: str) -> list[dict]:
         from harness import run_ranks
 
         if world_size not in self._runs:
@@ -68,8 +70,7 @@ def reference(kind: str) -> list[dict]:
 
 
 @pytest.mark.parametrize("world_size", WORLD_SIZES)
-@pytest.mark.parametrize("kind", MODEL_KINDS)
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("kind, mode", list(CASES))
 def test_answers_match_the_single_process_reference(world_size, kind, mode):
     ranks = GRID.rank_results(world_size, kind, mode)
     assert all(rank["answers"] == [None, None] for rank in ranks[1:]), "only rank 0 returns the answers"
@@ -182,6 +183,20 @@ def test_unsupported_models_are_refused_with_their_class_named():
                                          num_attention_heads=2, num_key_value_heads=1))
     with pytest.raises(ValueError, match="LlamaForCausalLM has no experts modules"):
         MoEPrefillEngine(dense, {})
+
+
+def test_the_docs_table_lists_every_moe_prefill_key():
+    import os
+
+    from zerolib.inference.settings import ExpertOffload, MoEPrefillSettings
+
+    doc = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "moe_prefill.md")
+    with open(doc) as file:
+        text = file.read()
+    for key in MoEPrefillSettings.model_fields:
+        assert f"| `{key}` |" in text, f"docs/moe_prefill.md does not document moe_prefill.{key}"
+    for key in ExpertOffload.model_fields:
+        assert f"`{key}`" in text, f"docs/moe_prefill.md does not document moe_prefill.offload.{key}"
 
 
 def test_multi_label_requests_answer_per_label_and_compute_the_prompt_once():

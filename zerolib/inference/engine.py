@@ -22,6 +22,7 @@ import torch.distributed as dist
 from torch import nn
 
 from zerolib.comm import CommContext
+from zerolib.config.errors import ConfigError
 from zerolib.inference.adapters import PrefillModel, adapt
 from zerolib.inference.blocks import BLOCK_TOKENS
 from zerolib.inference.experts import ExpertParallel, GatheredExperts, time_layer_gather
@@ -113,8 +114,13 @@ class MoEPrefillEngine:
         return float(rate.item())
 
     def _place_experts(self):
-        mode = self.settings.mode
-        shard_device = "cpu" if self.settings.offload.device == "cpu" else None
+        mode, offload = self.settings.mode, self.settings.offload
+        if offload.device == "nvme":
+            raise ConfigError("moe_prefill.offload.device", "'nvme' is not implemented yet; use 'cpu' or 'none'")
+        if offload.device != "none" and mode not in ("async_ep", "sync_gather"):
+            raise ConfigError("moe_prefill.offload.device", f"offloads the shards that async_ep and sync_gather "
+                                                            f"gather; mode '{mode}' has none")
+        shard_device = "cpu" if offload.device == "cpu" else None
         if mode in ("async_ep", "sync_gather"):
             return GatheredExperts(self.model, self.comm, prefetch=mode == "async_ep", shard_device=shard_device)
         if mode == "dp_ep":

@@ -18,7 +18,7 @@ All three keep the same books (committed and pending tables, true-FLOPs loads, a
 against ``T``), so a benchmark between them measures placement alone.
 
 Per rank the router keeps a *committed* table, a mirror of that rank's prefix KV cache
-(MOE_CONTRACT.md: the same block hashes, the same capacity ``cache_blocks``, LRU touched in
+(zerolib/inference/prefix_cache.py: the same block hashes, the same capacity ``cache_blocks``, LRU touched in
 request order as each request runs), and a *pending* table: the blocks promised to requests
 routed but not finished. Pending blocks are kept as the cache state they will produce -- the
 committed table with the routed requests replayed on it in order -- so a match counts exactly
