@@ -133,6 +133,15 @@ def test_forgetting_pretrained_is_pointed_out(tmp_path, caplog):
     assert f"pass pretrained={directory!r}" in caplog.text
 
 
+def test_from_pretrained_inside_partitioned_init_says_what_to_do_instead(tmp_path):
+    import zerolib
+
+    directory = save_tiny("llama", tmp_path / "llama")
+    with pytest.raises(RuntimeError, match=r"from_config\(AutoConfig.from_pretrained\(DIR\)\).*pretrained=DIR"):
+        with zerolib.partitioned_init(CONFIG):
+            transformers.AutoModelForCausalLM.from_pretrained(directory)
+
+
 def test_checkpoint_errors_name_what_is_wrong(tmp_path):
     import zerolib
 

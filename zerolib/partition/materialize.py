@@ -30,9 +30,23 @@ def partitioned_init(config=None):
     ``config`` is accepted for DeepSpeed compatibility (``zero.Init(config_dict_or_path=...)``);
     the engine reads the stage and dtypes from the config given to ``zerolib.initialize``,
     which must use ``zero_optimization.stage`` 3.
+
+    A Hugging Face checkpoint loads straight into shards with ``from_config`` inside the block
+    and ``zerolib.initialize(model, config, pretrained=DIR)`` (docs/huggingface.md);
+    transformers refuses ``from_pretrained`` under a meta device, and the error then says this.
     """
     with torch.device("meta"):
-        yield
+        try:
+            yield
+        except RuntimeError as err:
+            if "from_pretrained" in str(err) and "meta" in str(err):
+                raise RuntimeError(
+                    "from_pretrained cannot run inside zerolib.partitioned_init (transformers refuses to load "
+                    "weights under a meta device). Build the model with "
+                    "AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(DIR)) inside the block and pass "
+                    "zerolib.initialize(model, config, pretrained=DIR): every rank then reads only its own shard "
+                    "of the checkpoint") from err
+            raise
 
 
 def is_on_meta(module: nn.Module) -> bool:
