@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -19,6 +20,8 @@ import torch
 
 import zerolib
 from harness import free_port
+from zerolib.launcher.procs import ChildProcess
+from zerolib.launcher.supervise import OutcomeKind, SignalLatch, supervise
 from zerolib.models import GPT, GPTConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -74,3 +77,16 @@ def test_a_failing_rank_ends_the_job_named_and_the_last_checkpoint_loads(tmp_pat
     path, _ = engine.load_checkpoint(tmp_path)
     expected, loaded = torch.load(tmp_path / "expected.pt"), engine.full_state_dict()
     assert path == str(tmp_path / "step1") and all(torch.equal(loaded[name], expected[name]) for name in expected)
+
+
+def test_the_rank_that_ended_first_is_named_even_when_both_ended_before_the_launcher_looked():
+    """Rank 1 fails at once, rank 0 half a second later (as a peer does in its next collective);
+    the launcher looks only after both ended, and must still name rank 1."""
+    lock = threading.Lock()
+    children = [ChildProcess(f"rank {rank}", f"[rank{rank}] ", ["sh", "-c", f"sleep {delay}; exit 1"], dict(os.environ),
+                             lock) for rank, delay in ((0, 0.5), (1, 0))]
+    for child in children:
+        child.popen.wait()
+    time.sleep(0.2)  # both exits are noted
+    outcome = supervise(children, SignalLatch())
+    assert outcome.kind is OutcomeKind.CHILD_FAILED and outcome.child is children[1]

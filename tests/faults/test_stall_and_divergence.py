@@ -132,5 +132,6 @@ def test_a_stalled_rank_times_out_naming_collective_module_and_waiting_ranks(tmp
         assert error is not None and error.startswith(f"CollectiveError: rank {rank}: all_gather #"), error
         assert "(ZeRO-3 gather of module 'blocks.2', forward, fetch #4)" in error, error
         assert f"comm.timeout_seconds is {TIMEOUT_SECONDS}" in error, error
+        assert f"Timed out waiting {TIMEOUT_SECONDS * 1000}ms" in error, error  # the timeout fired, as gloo says
         assert "ranks waiting in it: 0, 2; not in it after" in error and "s more: 1 (stalled" in error, error
         assert results[rank]["seconds"] < BOUND_SECONDS, results[rank]

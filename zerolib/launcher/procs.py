@@ -89,8 +89,10 @@ class ChildProcess:
         threading.Thread(target=self._note_exit, daemon=True, name=f"wait for {label}").start()
 
     def _note_exit(self) -> None:
-        self.popen.wait()
-        self.exited_at = time.monotonic()
+        try:
+            self.popen.wait()
+        finally:  # never leave supervise() waiting for an exit that was not noted
+            self.exited_at = time.monotonic()
 
     @property
     def pid(self) -> int:
