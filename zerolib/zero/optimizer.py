@@ -195,8 +195,7 @@ class ZeroOptimizer:
     def _first_nonfinite_parameter(self, grads: list[torch.Tensor]) -> str | None:
         """The first parameter in layout order whose gradient holds inf or NaN on any rank
         (None when every gradient is finite: then only a loss was not)."""
-        first = position = 0
-        found = None
+        position, found = 0, None
         for spec, grad in zip(self.layout.buffers, grads):
             lo, _ = spec.shard_range(self.shard)
             for slot in spec.slots:
