@@ -1,5 +1,6 @@
-"""The agents' coordination channel, in process: joining, failures, lost agents, bad requests."""
-import socket
+"""The agents' coordination channel, in process: joining, failures, lost agents, bad requests.
+
+A coordination port already in use is tested with the other faults in tests/faults/test_port_in_use.py."""
 import time
 
 import pytest
@@ -81,11 +82,3 @@ def test_join_times_out_naming_the_missing_agents(channel):
     with pytest.raises(LaunchError, match="only 1 of 2 agents joined .* within 0.5 s"):
         connect(0).join(num_nodes=2, timeout=0.5)
 
-
-def test_server_port_in_use_is_named():
-    with socket.socket() as holder:
-        holder.bind(("127.0.0.1", 0))
-        holder.listen()
-        port = holder.getsockname()[1]
-        with pytest.raises(LaunchError, match=f"coordination channel on port {port}.*--coord_port"):
-            CoordinationServer("127.0.0.1", port, num_nodes=2, heartbeat_timeout=1.0)

@@ -1,7 +1,7 @@
-"""One node: rank environment, output prefixes, and ending every rank when one fails or on a signal."""
+"""One node: rank environment, output prefixes, and ending every rank when one fails or on a signal
+(a busy master port is tested with the other faults in tests/faults/test_port_in_use.py)."""
 import json
 import signal
-import socket
 
 import pytest
 
@@ -73,17 +73,6 @@ def test_ranks_ignoring_sigterm_are_killed_after_the_grace_period(tmp_path):
     assert result.returncode == 1, result.stderr
     pids = ready_pids(tmp_path)
     assert len(pids) == 2 and [pid for pid in pids if is_running(pid)] == []
-
-
-def test_busy_master_port_is_refused_before_spawning():
-    with socket.socket() as holder:
-        holder.bind(("127.0.0.1", 0))
-        holder.listen()
-        port = holder.getsockname()[1]
-        result = run_launcher("--num_procs", "2", "--master_port", str(port), str(SCRIPTS / "report_env.py"))
-    assert result.returncode == 2
-    assert f"port {port}" in result.stderr and "--master_port" in result.stderr
-    assert "[rank0]" not in result.stdout
 
 
 @pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM", "stdin closed"])

@@ -1,14 +1,12 @@
-"""The NVMe tier's pieces on one process: aligned async I/O, the sub-group swapper, its errors,
-and OffloadAdam against torch.optim.AdamW on flat tensors."""
+"""The NVMe tier's pieces on one process: aligned async I/O, the sub-group swapper and
+OffloadAdam against torch.optim.AdamW on flat tensors. Its disk errors (an unwritable path, too
+little space, a full disk) are tested with the other faults in tests/faults/test_disk_faults.py."""
 import os
-import resource
-import signal
 
 import pytest
 import torch
 
-from harness import run_ranks
-from zerolib.offload import (AioSettings, AsyncFileIO, OffloadAdam, SubGroupSwapper, SwapIOError, aligned_buffer,
+from zerolib.offload import (AioSettings, AsyncFileIO, OffloadAdam, SubGroupSwapper, aligned_buffer,
                              plan_sub_groups, supports_direct_io)
 from zerolib.offload.aio import ALIGN
 
@@ -56,51 +54,6 @@ def test_swapper_keeps_each_sub_group(tmp_path, buffer_count):
         assert swapper.resident_bytes <= buffer_count * 2 * 3072 * 4 + buffer_count * ALIGN
     swapper.close()
     assert os.listdir(tmp_path) == [], "close() removes every swap file"
-
-
-def test_unwritable_nvme_path_is_named(tmp_path):
-    blocker = tmp_path / "a_file"
-    blocker.write_text("x")
-    with pytest.raises(OSError, match="a_file"):
-        SubGroupSwapper(str(blocker / "swap"), 0, "t", [1000])
-
-
-def test_too_little_space_fails_before_training_naming_bytes(tmp_path):
-    numel = 10**15  # 8 PB of moments: more than any test disk
-    with pytest.raises(OSError, match=rf"{tmp_path}.*the swap files need \d+ bytes"):
-        SubGroupSwapper(str(tmp_path), 0, "t", [numel])
-    assert os.listdir(tmp_path) == []
-
-
-def _write_past_file_size_limit(directory: str) -> dict:
-    """Runs in its own process: RLIMIT_FSIZE makes writes beyond 64 KiB fail as on a full disk."""
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
-    swapper = SubGroupSwapper(directory, 0, "full", [1024, 64 * 1024], buffer_count=2, aio=SMALL_AIO)
-    swapper.acquire(0)[0].fill_(7.0)
-    swapper.release(0)
-    swapper.flush()  # 8 KiB: fits
-    swapper.acquire(1)[0].fill_(1.0)
-    swapper.release(1)
-    try:
-        swapper.flush()  # 512 KiB: the "disk" is full
-        error = None
-    except SwapIOError as caught:
-        error = str(caught)
-    files = sorted(os.listdir(directory))
-    intact = bool(torch.all(swapper.acquire(0)[0] == 7.0))
-    swapper.close()
-    return {"error": error, "files": files, "intact": intact, "left": os.listdir(directory)}
-
-
-def test_full_disk_during_a_write_names_file_and_bytes_and_corrupts_nothing(tmp_path):
-    result = run_ranks(_write_past_file_size_limit, 1, str(tmp_path))[0]
-    assert result["error"] is not None, "the write past the limit must fail"
-    assert "full_" in result["error"] and "_1.swp" in result["error"] and "524288 bytes" in result["error"]
-    assert not any(name.endswith(".tmp") for name in result["files"]), result["files"]
-    assert not any(name.endswith("_1.swp") for name in result["files"]), "no half-written file"
-    assert result["intact"], "the sub-group written before the failure reads back unchanged"
-    assert result["left"] == []
 
 
 def _flat_problem(seed=0):

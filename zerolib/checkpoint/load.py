@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from zerolib.checkpoint.agreement import raise_if_any_failed
 from zerolib.checkpoint.manifest import WHOLE, engine_places, match_model, persistent_buffers
 from zerolib.checkpoint.reader import VALUES, CheckpointReader, resolve_directory
 from zerolib.checkpoint.rng import restore_rng
@@ -54,12 +55,6 @@ def _verify_files(comm, reader: CheckpointReader) -> None:
         raise CheckpointError(f"checkpoint file {reader.directory / names[int(worst)]} failed verification "
                               "on another rank (truncated or corrupt; see that rank's error)")
     reader.trust_listed_files()
-
-
-def _raise_if_any_failed(comm, error: CheckpointError | None) -> None:
-    """Ranks agree before any collective, so one rank's bad read cannot hang the others."""
-    if comm.any_true(error is not None):
-        raise error or CheckpointError("loading the checkpoint failed on another rank; see its error")
 
 
 def _load_optimizer_state(engine, reader: CheckpointReader, rank_state: dict) -> None:
@@ -127,7 +122,7 @@ def load_checkpoint(engine, load_dir, tag: str | None = None, load_optimizer_sta
         error = err
     finally:
         reader.release()
-    _raise_if_any_failed(engine.comm, error)
+    raise_if_any_failed(engine.comm, error, f"loading checkpoint {directory}")
     engine.optimizer.publish_masters()  # collective: every rank's new slices to every rank
     engine.comm.barrier()
     return str(Path(directory)), client_state

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from zerolib.checkpoint.storage import CheckpointError
+from zerolib.checkpoint.storage import CheckpointError, rank_file_name
 
 FORMAT_VERSION = 1
 TRAINABLE, FROZEN, WHOLE = "trainable", "frozen", "whole"
@@ -119,6 +119,30 @@ def check_manifest(manifest: dict, path) -> None:
     for key in ("world_size", "groups", "tensors", "files", "optimizer_state_keys"):
         if key not in manifest:
             raise CheckpointError(f"{path}: manifest has no {key!r} field")
+    _check_world_size(manifest, path)
+
+
+def _check_world_size(manifest: dict, path) -> None:
+    """The saved world size must match the rank files listed and every group's shard count;
+    otherwise ranks would read each other's state or shards that do not exist."""
+    world = manifest["world_size"]
+    if isinstance(world, bool) or not isinstance(world, int) or world < 1:
+        raise CheckpointError(f"{path}: world_size is {world!r}, not a positive integer")
+    listed = sorted(manifest["files"])
+    expected = [rank_file_name(rank) for rank in range(world)]
+    if listed != expected:
+        raise CheckpointError(f"{path}: the manifest says world_size {world}, so files {expected[0]}.."
+                              f"{expected[-1]}, but it lists {len(listed)}: {listed[:4]}; it does not "
+                              "describe the checkpoint it came with")
+    for group, info in manifest["groups"].items():
+        shards = info.get("num_shards")
+        if shards not in (1, world):
+            raise CheckpointError(f"{path}: group {group!r} is split in {shards!r} shards, which world_size "
+                                  f"{world} cannot have saved (1 or {world})")
+        for index, buffer in enumerate(info.get("buffers", [])):
+            if buffer.get("shard_numel", 0) * shards != buffer.get("padded_numel"):
+                raise CheckpointError(f"{path}: group {group!r} buffer {index} has {buffer.get('padded_numel')!r} "
+                                      f"elements, not {shards} shards of {buffer.get('shard_numel')!r}")
 
 
 def match_model(manifest: dict, places: dict[str, TensorPlace], directory) -> None:

@@ -3,19 +3,27 @@
 Order, so that a crash at any point leaves the previous checkpoint loadable:
 1. each rank writes ``rankNNNNN.pt`` atomically and computes its sha256;
 2. the digests are gathered and rank 0 writes ``manifest.json`` atomically;
-3. barrier: every file of the new tag is complete;
-4. rank 0 rewrites ``latest`` atomically; a final barrier lets every rank return together.
+3. the ranks agree that every file of the new tag is complete;
+4. rank 0 rewrites ``latest`` atomically, and the ranks agree that it did.
+
+A write that fails (a full disk, an unwritable directory) raises a CheckpointError naming the
+file, the bytes to write and the bytes free; each agreement turns it into an error on every
+rank (agreement.py), so no rank waits for a file that will never come, and ``latest`` still
+names the previous checkpoint.
 """
 from __future__ import annotations
 
+import errno
+import shutil
 from pathlib import Path
 
 import torch
 
+from zerolib.checkpoint.agreement import raise_if_any_failed
 from zerolib.checkpoint.manifest import FROZEN, TRAINABLE, WHOLE, build_manifest, engine_places
 from zerolib.checkpoint.rng import capture_rng
-from zerolib.checkpoint.storage import (MANIFEST_FILE, check_tag, file_digest, rank_file_name, save_tensors,
-                                        write_json, write_latest)
+from zerolib.checkpoint.storage import (LATEST_FILE, MANIFEST_FILE, CheckpointError, check_tag, file_digest, rank_file_name,
+                                        save_tensors, write_json, write_latest)
 
 _DIGEST_BYTES = 32
 
@@ -78,6 +86,56 @@ def _gather_file_records(comm, digest: str, size: int) -> dict:
     return records
 
 
+def _tensor_bytes(obj) -> int:
+    """Bytes of the tensors inside ``obj`` (nested dicts, lists, tuples): about the file's size."""
+    if torch.is_tensor(obj):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(value) for value in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(value) for value in obj)
+    return 0
+
+
+def _free_bytes(path: Path) -> str:
+    existing = next((p for p in path.parents if p.is_dir()), Path("."))
+    try:
+        return f"{shutil.disk_usage(existing).free} bytes free in {existing}"
+    except OSError:
+        return f"free space in {existing} unknown"
+
+
+def _reason(err: BaseException) -> str:
+    """The operating system's reason when there is one (torch.save wraps it in a RuntimeError)."""
+    cause = err
+    while cause is not None and not isinstance(cause, OSError):
+        cause = cause.__cause__ or cause.__context__
+    if cause is not None and cause.strerror:
+        return f"{cause.strerror} ({errno.errorcode.get(cause.errno, cause.errno)})"
+    return f"{type(err).__name__}: {err}"
+
+
+def _attempt(path: Path, write, nbytes: int | None = None) -> CheckpointError | None:
+    """Runs ``write()``; a failure becomes an error naming ``path``, the bytes and the space left."""
+    try:
+        write()
+    except (OSError, RuntimeError) as err:  # torch.save reports a failed write as a RuntimeError
+        size = f"about {nbytes} bytes of tensors; " if nbytes is not None else ""
+        return CheckpointError(f"cannot write checkpoint file {path} ({size}{_free_bytes(path)}): {_reason(err)}. "
+                               "The previous checkpoint is untouched.")
+    return None
+
+
+def _write_rank_file(engine, directory: Path, client_state) -> tuple[Path, dict, CheckpointError | None]:
+    path = directory / rank_file_name(engine.comm.rank)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        return path, {}, CheckpointError(f"cannot create checkpoint directory {directory}: {err.strerror}")
+    payload, state_keys = _rank_payload(engine, client_state)
+    return path, state_keys, _attempt(path, lambda: save_tensors(payload, path), _tensor_bytes(payload))
+
+
 def save_checkpoint(engine, save_dir, tag: str | None = None, client_state: dict | None = None) -> str:
     """Writes ``save_dir/tag`` (default ``global_step{N}``) on every rank; returns its path.
 
@@ -88,16 +146,15 @@ def save_checkpoint(engine, save_dir, tag: str | None = None, client_state: dict
         raise ValueError("save_checkpoint needs an optimizer: add an 'optimizer' block to the config")
     tag = check_tag(str(tag) if tag is not None else f"global_step{engine.global_steps}")
     directory = Path(save_dir) / tag
-    directory.mkdir(parents=True, exist_ok=True)
-    payload, state_keys = _rank_payload(engine, client_state)
-    path = directory / rank_file_name(engine.comm.rank)
-    save_tensors(payload, path)
-    del payload
-    records = _gather_file_records(engine.comm, *file_digest(path))
-    if engine.comm.rank == 0:
-        write_json(build_manifest(engine, tag, records, state_keys), directory / MANIFEST_FILE)
-    engine.comm.barrier()
-    if engine.comm.rank == 0:
-        write_latest(Path(save_dir), tag)
-    engine.comm.barrier()
+    comm, what = engine.comm, f"saving checkpoint {directory}"
+    path, state_keys, error = _write_rank_file(engine, directory, client_state)
+    raise_if_any_failed(comm, error, what)
+    records = _gather_file_records(comm, *file_digest(path))
+    if comm.rank == 0:
+        manifest = build_manifest(engine, tag, records, state_keys)
+        error = _attempt(directory / MANIFEST_FILE, lambda: write_json(manifest, directory / MANIFEST_FILE))
+    raise_if_any_failed(comm, error, what)
+    if comm.rank == 0:
+        error = _attempt(Path(save_dir) / LATEST_FILE, lambda: write_latest(Path(save_dir), tag))
+    raise_if_any_failed(comm, error, what)
     return str(directory)

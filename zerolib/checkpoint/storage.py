@@ -55,8 +55,11 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
 
 
 def serialize(obj, path: str) -> None:
-    """How a rank's state becomes a file (a separate function so tests can simulate a crash)."""
-    torch.save(obj, path)
+    """How a rank's state becomes a file. Written through a Python file object so that a failed
+    write (a full disk) keeps its OSError, which torch.save only reports as the context of its
+    own RuntimeError."""
+    with open(path, "wb") as handle:
+        torch.save(obj, handle)
 
 
 def save_tensors(obj, path: Path) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
+from zerolib.comm.failures import CallLabel, explain_failure
 from zerolib.comm.gloo_p2p import exchange
 from zerolib.comm.groups import GroupCache
 from zerolib.comm.ledger import CommLedger, wire_bytes
@@ -47,12 +48,17 @@ def init_distributed(timeout_seconds: float = 600.0) -> bool:
 
 @dataclass
 class PendingCollective:
-    """An asynchronous collective; :meth:`wait` blocks and books the waiting time."""
+    """An asynchronous collective; :meth:`wait` blocks and books the waiting time.
+
+    ``explain`` turns a backend failure into a :class:`CollectiveError` naming the collective
+    and the ranks waiting in it (set by :class:`CommContext` for every collective it issues).
+    """
 
     work: object | None
     kind: str
     ledger: CommLedger
     on_done: object | None = None
+    explain: object | None = None
 
     def is_done(self) -> bool:
         """Whether the transfer has completed (``wait`` would not block on the wire)."""
@@ -62,8 +68,13 @@ class PendingCollective:
     def wait(self) -> None:
         if self.work is not None:
             start = time.perf_counter()
-            for work in (self.work if isinstance(self.work, list) else [self.work]):
-                work.wait()
+            try:
+                for work in (self.work if isinstance(self.work, list) else [self.work]):
+                    work.wait()
+            except RuntimeError as error:  # a timeout, or a peer that died, as the backend reports it
+                if self.explain is None:
+                    raise
+                raise self.explain(error) from None
             self.ledger.add_seconds(self.kind, time.perf_counter() - start)
             self.work = None
         if self.on_done is not None:
@@ -77,16 +88,18 @@ class CommContext:
 
     Collectives run over the default (world) group unless a ``group`` is passed. ``node_size``
     is how many consecutive ranks share a node; collectives over a group that spans several
-    nodes count their bytes as ``inter_bytes`` too.
+    nodes count their bytes as ``inter_bytes`` too. A collective that fails or outlasts
+    ``timeout_seconds`` raises :class:`CollectiveError` naming it and the ranks waiting in it.
     """
 
     rank: int = 0
     world_size: int = 1
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     node_size: int = 1
+    timeout_seconds: float = 600.0
     ledger: CommLedger = field(default_factory=CommLedger)
     scratch: ScratchPool = field(default_factory=ScratchPool, init=False, repr=False)
-    _p2p_calls: dict = field(default_factory=dict, init=False, repr=False)  # exchanges per group
+    _calls: dict = field(default_factory=dict, init=False, repr=False)  # collectives issued per group
     _groups: GroupCache | None = field(default=None, init=False, repr=False)
 
     @classmethod
@@ -101,7 +114,8 @@ class CommContext:
             device = torch.device("cpu")
         if node_size is None:
             node_size = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
-        return cls(rank=rank, world_size=world_size, device=device, node_size=max(1, node_size))
+        return cls(rank=rank, world_size=world_size, device=device, node_size=max(1, node_size),
+                   timeout_seconds=timeout_seconds)
 
     @property
     def distributed(self) -> bool:
@@ -131,12 +145,33 @@ class CommContext:
         ranks = dist.get_process_group_ranks(group)
         return len({r // self.node_size for r in ranks}) > 1
 
-    def _record(self, kind: str, message_bytes: int, group) -> None:
+    def _record(self, kind: str, message_bytes: int, group) -> CallLabel:
+        """Books the bytes and numbers the call (see zerolib/comm/failures.py)."""
         size = self._group_size(group)
         self.ledger.record(kind, wire_bytes(kind, message_bytes, size), crosses_nodes=self._crosses_nodes(group))
+        return self._next_label(kind, tuple(self._group_ranks(group)))
 
-    def _finish(self, work, kind: str, async_op: bool) -> PendingCollective | None:
-        pending = PendingCollective(work, kind, self.ledger)
+    def _next_label(self, kind: str, ranks: tuple[int, ...]) -> CallLabel:
+        # The members of a group issue its collectives in the same order, so a count per group
+        # agrees between them; ranks outside the group never see it.
+        self._calls[ranks] = self._calls.get(ranks, 0) + 1
+        return CallLabel(kind, ranks, self._calls[ranks])
+
+    def _explainer(self, label: CallLabel):
+        """What turns a backend error of call ``label`` into a CollectiveError."""
+        issued = time.monotonic()
+        return lambda error: explain_failure(label, self.rank, error, time.monotonic() - issued,
+                                             self.timeout_seconds)
+
+    def _issue(self, label: CallLabel, start, async_op: bool, on_done=None) -> PendingCollective | None:
+        """Runs ``start()`` (which posts the collective and returns its work or works) and waits
+        unless ``async_op``; a backend error at either point becomes a CollectiveError."""
+        explain = self._explainer(label)
+        try:
+            work = start()
+        except RuntimeError as error:
+            raise explain(error) from None
+        pending = PendingCollective(work, label.kind, self.ledger, on_done=on_done, explain=explain)
         if async_op:
             return pending
         pending.wait()
@@ -148,11 +183,11 @@ class CommContext:
             if output.data_ptr() != shard.data_ptr():
                 output.copy_(shard.view_as(output))
             return PendingCollective(None, "all_gather", self.ledger) if async_op else None
-        self._record("all_gather", output.numel() * output.element_size(), group)
+        label = self._record("all_gather", output.numel() * output.element_size(), group)
         if self._is_gloo():
-            return self._finish(self._gloo_all_gather(output, shard, group), "all_gather", async_op)
-        work = dist.all_gather_into_tensor(output, shard, group=group, async_op=async_op)
-        return self._finish(work, "all_gather", async_op)
+            return self._issue(label, lambda: self._gloo_all_gather(output, shard, group, label.number), async_op)
+        return self._issue(label, lambda: dist.all_gather_into_tensor(output, shard, group=group, async_op=True),
+                           async_op)
 
     def _is_gloo(self) -> bool:
         return dist.get_backend() == "gloo"
@@ -160,7 +195,7 @@ class CommContext:
     def _group_ranks(self, group) -> list[int]:
         return dist.get_process_group_ranks(group) if group is not None else list(range(self.world_size))
 
-    def _gloo_all_gather(self, output: torch.Tensor, shard: torch.Tensor, group) -> list:
+    def _gloo_all_gather(self, output: torch.Tensor, shard: torch.Tensor, group, call_index: int) -> list:
         """Direct exchange (zerolib/comm/gloo_p2p.py): our slice to every peer, theirs into
         ``output``. gloo's all-gather ran 4x slower here (25M fp32, 2 ranks: 330 ms against 82
         ms for one broadcast per rank) for the same bytes per rank; 12.5M fp32: 102 ms gloo, 28 ms this."""
@@ -171,25 +206,21 @@ class CommContext:
             mine.copy_(shard.view_as(mine))
         peers = [r for r in ranks if r != self.rank]
         return exchange([(mine, peer) for peer in peers], [(slices[ranks.index(peer)], peer) for peer in peers],
-                        group=group, call_index=self._next_p2p_call(ranks))
+                        group=group, call_index=call_index)
 
     def reduce_scatter_sum(self, output: torch.Tensor, full: torch.Tensor, *, group=None, async_op=False):
         """Sums ``full`` across ranks and leaves this rank's 1/N slice of the sum in ``output``."""
         if self._group_size(group) == 1:
             output.copy_(full.view_as(output))
             return PendingCollective(None, "reduce_scatter", self.ledger) if async_op else None
-        self._record("reduce_scatter", full.numel() * full.element_size(), group)
+        label = self._record("reduce_scatter", full.numel() * full.element_size(), group)
         if self._is_gloo():
-            works, combine = self._gloo_reduce_scatter(output, full, group)
-            pending = PendingCollective(works, "reduce_scatter", self.ledger, on_done=combine)
-            if async_op:
-                return pending
-            pending.wait()
-            return None
-        work = dist.reduce_scatter_tensor(output, full, op=dist.ReduceOp.SUM, group=group, async_op=async_op)
-        return self._finish(work, "reduce_scatter", async_op)
+            post, combine = self._gloo_reduce_scatter(output, full, group, label.number)
+            return self._issue(label, post, async_op, on_done=combine)
+        return self._issue(label, lambda: dist.reduce_scatter_tensor(output, full, op=dist.ReduceOp.SUM, group=group,
+                                                                     async_op=True), async_op)
 
-    def _gloo_reduce_scatter(self, output: torch.Tensor, full: torch.Tensor, group):
+    def _gloo_reduce_scatter(self, output: torch.Tensor, full: torch.Tensor, group, call_index: int):
         """Direct exchange: send chunk j to rank j, receive every peer's copy of our chunk, sum.
 
         gloo's reduce_scatter (either form) ran 1.25-1.8x slower than its all_reduce of the same
@@ -197,6 +228,8 @@ class CommContext:
         bytes; point-to-point sends move the same (N-1)/N of the message as a ring, all in
         flight at once, and the sum runs when the caller waits. Receive buffers come from a pool
         because a fresh 50 MB tensor costs as much in page faults as the transfer itself.
+        Returns ``(post, combine)``: ``post()`` starts the exchange and returns its works;
+        ``combine()`` sums once they are done.
         """
         ranks = self._group_ranks(group)
         me = ranks.index(self.rank)
@@ -206,7 +239,9 @@ class CommContext:
             if index != me:
                 sends.append((chunks[index], peer))
                 received.append((self.scratch.take(output.numel(), output.dtype, output.device), peer))
-        works = exchange(sends, received, group=group, call_index=self._next_p2p_call(ranks))
+
+        def post() -> list:
+            return exchange(sends, received, group=group, call_index=call_index)
 
         def combine() -> None:
             if output.data_ptr() != chunks[me].data_ptr():
@@ -214,38 +249,30 @@ class CommContext:
             for buffer, _ in received:
                 output.add_(buffer.view_as(output))
                 self.scratch.give(buffer)
-        return works, combine
-
-    def _next_p2p_call(self, ranks: list[int]) -> int:
-        # The members of a group issue its collectives in the same order, so a count per group
-        # agrees between every pair that exchanges; ranks outside the group never see it.
-        key = tuple(ranks)
-        self._p2p_calls[key] = self._p2p_calls.get(key, 0) + 1
-        return self._p2p_calls[key]
+        return post, combine
 
     def all_reduce(self, tensor: torch.Tensor, op=None, *, group=None, async_op=False):
         """All-reduces ``tensor`` in place (SUM unless ``op`` says otherwise)."""
         if self._group_size(group) == 1:
             return PendingCollective(None, "all_reduce", self.ledger) if async_op else None
-        self._record("all_reduce", tensor.numel() * tensor.element_size(), group)
-        work = dist.all_reduce(tensor, op=op or dist.ReduceOp.SUM, group=group, async_op=async_op)
-        return self._finish(work, "all_reduce", async_op)
+        label = self._record("all_reduce", tensor.numel() * tensor.element_size(), group)
+        return self._issue(label, lambda: dist.all_reduce(tensor, op=op or dist.ReduceOp.SUM, group=group, async_op=True),
+                           async_op)
 
     def broadcast(self, tensor: torch.Tensor, src: int = 0, *, group=None):
         """Broadcasts ``tensor`` from global rank ``src`` in place."""
         if self._group_size(group) == 1:
             return
-        self._record("broadcast", tensor.numel() * tensor.element_size(), group)
-        dist.broadcast(tensor, src=src, group=group)
+        label = self._record("broadcast", tensor.numel() * tensor.element_size(), group)
+        self._issue(label, lambda: dist.broadcast(tensor, src=src, group=group, async_op=True), async_op=False)
 
     def all_to_all(self, output: torch.Tensor, inp: torch.Tensor, *, group=None, async_op=False):
         """Equal-split all-to-all: chunk j of ``inp`` goes to rank j of the group."""
         if self._group_size(group) == 1:
             output.copy_(inp)
             return PendingCollective(None, "all_to_all", self.ledger) if async_op else None
-        self._record("all_to_all", inp.numel() * inp.element_size(), group)
-        work = dist.all_to_all_single(output, inp, group=group, async_op=async_op)
-        return self._finish(work, "all_to_all", async_op)
+        label = self._record("all_to_all", inp.numel() * inp.element_size(), group)
+        return self._issue(label, lambda: dist.all_to_all_single(output, inp, group=group, async_op=True), async_op)
 
     def all_to_all_uneven(self, output: torch.Tensor, inp: torch.Tensor, output_splits: list[int],
                           input_splits: list[int], *, group=None, async_op=False):
@@ -283,5 +310,10 @@ class CommContext:
         return bool(t.item() > 0)
 
     def barrier(self) -> None:
-        if self.distributed:
+        if not self.distributed:
+            return
+        explain = self._explainer(self._next_label("barrier", tuple(range(self.world_size))))
+        try:  # not booked in the ledger: a barrier moves no data
             dist.barrier()
+        except RuntimeError as error:
+            raise explain(error) from None

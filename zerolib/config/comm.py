@@ -17,12 +17,14 @@ class CommConfig(StrictModel):
     """`comm` (zerolib extension): process-group settings."""
 
     timeout_seconds: Count = described(
-        600, "Seconds a collective may wait before the run fails naming the ranks.", ge=1)
+        600, "Seconds a collective may wait before the run fails with a CollectiveError naming "
+             "the collective, the ranks waiting in it and those that never came.", ge=1)
     node_size: Count | None = described(
         None, "Ranks per node group (hpZ, qgZ); set it to simulate several nodes on one machine. "
               "Unset: LOCAL_WORLD_SIZE if it divides the world size, else the world size; "
               "load_config fills in the value. Must divide the world size.", ge=1)
     verify_module_order: bool = described(
-        True, "ZeRO-3: before each gather, check that every rank is gathering the same module, so "
-              "ranks that took different forward paths fail naming the rank and the module instead "
-              "of hanging or mixing shards. Costs one 16-byte all-gather per gathered module.")
+        True, "ZeRO-3: before each gather, and once at the end of each forward, check that every "
+              "rank is at the same module, so ranks that took different forward paths (or skipped "
+              "a module) fail naming the rank and the module instead of hanging or mixing shards. "
+              "Costs one 16-byte all-gather per gathered module and one per forward.")

@@ -48,3 +48,8 @@ class BF16Config(StrictModel):
     enabled: bool = described(
         False, "Train in bf16 with fp32 master weights; no loss scaling is needed."
     )
+    check_grad_overflow: bool = described(
+        False, "DeepSpeed's switch to skip a bf16 step whose gradients hold inf or NaN: true "
+        "means the same as `nonfinite_gradients` \"skip\". zerolib checks every step either "
+        "way; false leaves the choice to `nonfinite_gradients` (default: stop with an error)."
+    )

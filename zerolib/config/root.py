@@ -40,6 +40,14 @@ class ZeroConfig(StrictModel):
         None, "The learning-rate scheduler the engine builds; null means none or the caller's.")
     fp16: FP16Config = described(default_factory=FP16Config, description="fp16 training.")
     bf16: BF16Config = described(default_factory=BF16Config, description="bf16 training.")
+    nonfinite_gradients: Literal["error", "skip"] = described(
+        "error", "zerolib extension, bf16 and fp32 training: what a step does when the loss or "
+        "a gradient holds inf or NaN. \"error\" raises NonFiniteGradientError naming the step, "
+        "the first parameter whose gradient is not finite and the ranks whose loss was not; "
+        "the step is not applied, so the weights and optimizer state stay those of the last "
+        "good step (save a checkpoint from there). \"skip\" drops the step, counts it in "
+        "`skipped_steps` and logs a warning. fp16 always skips and lowers the loss scale (see "
+        "`fp16`).")
     communication_data_type: Literal["fp32", "fp16", "bf16"] | None = described(
         None, "dtype of gradient reduction; null uses the training dtype.")
     gradient_clipping: float = described(

@@ -6,6 +6,7 @@ share failures through the channel in coordination.py, hosted by the node-0 agen
 import dataclasses
 import errno
 import os
+import re
 import shlex
 import signal
 import socket
@@ -99,6 +100,9 @@ def check_port_free(host: str, port: int, option: str) -> None:
                 raise LaunchError(f"cannot bind {host}:{port} ({option}): {err.strerror}") from err
 
 
+_TORCH_RANK_PREFIX = re.compile(r"^\[rank\d+\]:\s?")
+
+
 def _say(plan: NodePlan, message: str) -> None:
     where = f" (node {plan.node_rank})" if plan.num_nodes > 1 else ""
     print(f"zerolib launcher{where}: {message}", file=sys.stderr, flush=True)
@@ -118,15 +122,30 @@ def _spawn_ranks(plan: NodePlan) -> list[ChildProcess]:
     return ranks
 
 
+def last_error_line(stderr_lines) -> str | None:
+    """The line that ends the last Python traceback (``ValueError: ...``), else the last line.
+
+    The exception line is the first unindented line after a traceback's indented frames; a
+    native message printed later while the process shuts down (``terminate called ...``) does
+    not hide it.
+    """
+    # torch starts each line of an uncaught exception in a distributed rank with "[rankN]:".
+    lines = [_TORCH_RANK_PREFIX.sub("", line).rstrip() for line in stderr_lines]
+    lines = [line for line in lines if line.strip()]
+    ends = [line for before, line in zip(lines, lines[1:]) if before.startswith(" ") and not line.startswith(" ")]
+    found = ends[-1] if ends else (lines[-1] if lines else None)
+    return found.strip() if found else None
+
+
 def _rank_failure_reason(child: ChildProcess) -> str:
-    last = next((line for line in reversed(child.stderr_tail) if line.strip()), None)
+    """``exit code 1: ValueError: ...``: how the rank ended and its last error line."""
+    last = last_error_line(child.stderr_tail)
     exit_text = describe_exit(child.popen.returncode)
-    return f"{exit_text}: {last.strip()}" if last else exit_text
+    return f"{exit_text}: {last}" if last else exit_text
 
 
 def _report_rank_failure(plan: NodePlan, child: ChildProcess) -> None:
-    _say(plan, f"{child.label} (pid {child.pid}) failed with {describe_exit(child.popen.returncode)}; "
-               f"stopping the other ranks")
+    _say(plan, f"{child.label} (pid {child.pid}) failed with {_rank_failure_reason(child)}; stopping the other ranks")
     if child.stderr_tail:
         _say(plan, f"last stderr lines of {child.label}:\n" + "\n".join(f"  {line}" for line in child.stderr_tail))
 

@@ -61,6 +61,8 @@ class ChildProcess:
     (``[rank3] ``). The last STDERR_TAIL_LINES stderr lines are kept in ``stderr_tail``.
     ``stdin_pipe`` gives the child a stdin that stays open until the launcher ends (for ssh,
     whose remote agent takes the end of stdin as the end of the job); otherwise it is /dev/null.
+    ``exited_at`` is the monotonic time the child ended (None while it runs): when one failing
+    rank makes the others fail, the earliest exit names the cause.
     """
 
     def __init__(self, label: str, prefix: str, argv: list[str], env: dict[str, str], output_lock: threading.Lock,
@@ -81,6 +83,16 @@ class ChildProcess:
             self._start_reader(self.popen.stdout, sys.stdout, keep_tail=False),
             self._start_reader(self.popen.stderr, sys.stderr, keep_tail=True),
         ]
+        self.exited_at: float | None = None
+        # A thread blocked in wait() notes the exit within milliseconds; a poll loop could not
+        # tell which of two ranks that ended between two polls ended first.
+        threading.Thread(target=self._note_exit, daemon=True, name=f"wait for {label}").start()
+
+    def _note_exit(self) -> None:
+        try:
+            self.popen.wait()
+        finally:  # never leave supervise() waiting for an exit that was not noted
+            self.exited_at = time.monotonic()
 
     @property
     def pid(self) -> int:

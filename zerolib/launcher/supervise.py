@@ -74,17 +74,24 @@ class SignalLatch:
         return False
 
 
+def _failed(children: list[ChildProcess]) -> list[ChildProcess]:
+    return [child for child in children if child.exited_at is not None and child.popen.returncode != 0]
+
+
 def supervise(children: list[ChildProcess], latch: SignalLatch,
               peer_failure: Callable[[], dict | None] | None = None) -> Outcome:
-    """Block until the children's fate is decided and say how; ends no process itself."""
+    """Block until the children's fate is decided and say how; ends no process itself.
+
+    When several children have failed, the one that ended first is reported: a rank that dies
+    makes its peers fail in their next collective, so the first exit is the cause.
+    """
     while True:
         if latch.received is not None:
             return Outcome(OutcomeKind.SIGNALLED, signum=latch.received)
-        codes = [child.popen.poll() for child in children]
-        for child, code in zip(children, codes):
-            if code is not None and code != 0:
-                return Outcome(OutcomeKind.CHILD_FAILED, child=child)
-        if all(code == 0 for code in codes):
+        if _failed(children):
+            time.sleep(POLL_SECONDS)  # an earlier exit may not have been noted yet
+            return Outcome(OutcomeKind.CHILD_FAILED, child=min(_failed(children), key=lambda c: c.exited_at))
+        if all(child.exited_at is not None for child in children):
             return Outcome(OutcomeKind.SUCCEEDED)
         failure = peer_failure() if peer_failure is not None else None
         if failure is not None:

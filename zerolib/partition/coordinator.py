@@ -24,12 +24,18 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from zerolib.comm import CommContext
+from zerolib.comm import CollectiveError, CommContext
 from zerolib.partition.partitioned import PartitionedParams
 
 
 class RankDivergenceError(RuntimeError):
     """Ranks ran different modules under ZeRO-3 (their gathers would not match)."""
+
+
+# The order-check tag a rank sends when its forward is over instead of a unit index, so that a
+# rank that skips the last modules meets its peers' next order check rather than a gather of
+# another size (which gloo cannot survive) or nothing at all (a hang).
+END_OF_FORWARD = -1
 
 
 class Phase(enum.Enum):
@@ -170,6 +176,8 @@ class ParamCoordinator:
                 if tensor.requires_grad:
                     tensor.register_hook(functools.partial(self._pre_backward, unit))
         if unit.index == 0:  # the root is needed first in backward: keep it unless there is none
+            if self.verify_order and self.phase is Phase.FORWARD:
+                self._check_forward_end()
             if not self._grad_mode:
                 self.end_iteration()
             return
@@ -189,7 +197,7 @@ class ParamCoordinator:
     def _fetch(self, unit: Unit) -> None:
         # Forward decides the module order (backward replays its graph), so checking forward
         # fetches catches divergence at half the cost of checking every gather.
-        check = self._start_order_check(unit) if self.verify_order and self.phase is Phase.FORWARD else None
+        check = self._start_order_check(unit.index) if self.verify_order and self.phase is Phase.FORWARD else None
         self._recording.append(unit.index)
         trace = self._traces.get(self._grad_mode, [])
         if self._following_trace:
@@ -204,27 +212,37 @@ class ParamCoordinator:
             self._prefetch(trace)
         try:
             if check is not None:
-                self._finish_order_check(unit, *check)
+                self._finish_order_check(*check)
             for ref in unit.refs:
                 ref.store.wait_gather(ref.index)
-        except RankDivergenceError:
-            raise
-        except RuntimeError as error:  # a timeout or a peer that died, as gloo/NCCL report it
-            raise RuntimeError(f"rank {self.comm.rank}: ZeRO-3 gather of module '{unit.name}' "
-                               f"({self.phase.value}, fetch #{len(self._recording)}) failed: {error}") from error
+        except CollectiveError as error:  # a timeout or a peer that died
+            raise error.within(f"ZeRO-3 gather of module '{unit.name}', {self.phase.value}, "
+                               f"fetch #{len(self._recording)}") from None
 
-    def _start_order_check(self, unit: Unit):
-        tag = torch.tensor([unit.index, len(self._recording)], dtype=torch.int64, device=self.comm.device)
+    def _check_forward_end(self) -> None:
+        try:
+            self._finish_order_check(*self._start_order_check(END_OF_FORWARD))
+        except CollectiveError as error:
+            raise error.within(f"ZeRO-3 end-of-forward check after {len(self._recording)} gathers") from None
+
+    def _start_order_check(self, unit_index: int):
+        tag = torch.tensor([unit_index, len(self._recording)], dtype=torch.int64, device=self.comm.device)
         tags = torch.empty(2 * self.comm.world_size, dtype=torch.int64, device=self.comm.device)
         return tags, self.comm.all_gather_into(tags, tag, async_op=True)
 
-    def _finish_order_check(self, unit: Unit, tags: torch.Tensor, pending) -> None:
+    def _describe_tag(self, rank: int, unit_index: int, fetches: int) -> str:
+        if unit_index == END_OF_FORWARD:
+            return f"rank {rank} ends its forward after {fetches} gathers"
+        if 0 <= unit_index < len(self.units):
+            return f"rank {rank} gathers '{self.units[unit_index].name}' (fetch #{fetches + 1})"
+        return f"rank {rank} sent an unknown module index {unit_index}"
+
+    def _finish_order_check(self, tags: torch.Tensor, pending) -> None:
         pending.wait()
         per_rank = tags.view(-1, 2).tolist()
         if all(row == per_rank[0] for row in per_rank):
             return
-        described = ", ".join(f"rank {r} gathers '{self.units[u].name}' (fetch #{seq + 1})"
-                              for r, (u, seq) in enumerate(per_rank) if 0 <= u < len(self.units))
+        described = ", ".join(self._describe_tag(r, u, n) for r, (u, n) in enumerate(per_rank))
         raise RankDivergenceError(
             f"ZeRO-3 ranks ran different modules in {self.phase.value}: {described}. Every rank must run "
             "the same modules in the same order (a data-dependent branch or a skipped module on one rank "

@@ -17,7 +17,8 @@ from zerolib.runtime.optim_factory import build_optimizer
 from zerolib.utils.logging import get_logger
 from zerolib.utils.memory import unique_storage_bytes
 from zerolib.utils.timers import StepTimers
-from zerolib.zero import StepReport, ZeroOptimizer, ZeroSettings, scaler_from_config
+from zerolib.zero import (LossScaleStuckError, NonFiniteGradientError, StepReport, ZeroOptimizer, ZeroSettings,
+                         scaler_from_config)
 from zerolib.zero.stage3 import Stage3Plan, plan_stage3
 from zerolib.zero.zeropp import ZeroPPSettings
 
@@ -74,6 +75,9 @@ class ZeroEngine:
         self.skipped_steps = 0
         self.last_step: StepReport | None = None
         self._last_loss: torch.Tensor | None = None
+        self._loss_finite: torch.Tensor | None = None  # every loss of this accumulation window was finite
+        # bf16/fp32: what a step whose loss or gradients are not finite does (fp16 always skips)
+        self._skip_nonfinite = cfg.nonfinite_gradients == "skip" or (cfg.bf16.enabled and cfg.bf16.check_grad_overflow)
         self.monitor = MonitorHub(cfg, rank=self.comm.rank, world_size=self.comm.world_size)
 
     def _meta_materializer(self, model: torch.nn.Module, pretrained) -> MetaMaterializer | None:
@@ -181,6 +185,8 @@ class ZeroEngine:
         if self.optimizer is None:
             raise RuntimeError("engine.backward needs an optimizer: add an 'optimizer' block to the config")
         self._last_loss = loss.detach()
+        finite = torch.isfinite(self._last_loss).all()
+        self._loss_finite = finite if self._loss_finite is None else self._loss_finite & finite
         scale = self.loss_scaler.scale if self.loss_scaler is not None else 1.0
         with self.timers.phase("backward"):
             self.optimizer.prepare_backward(self.is_gradient_accumulation_boundary())
@@ -192,18 +198,45 @@ class ZeroEngine:
     def step(self) -> None:
         """Steps optimizer and schedule at the accumulation boundary; otherwise only counts."""
         if self.is_gradient_accumulation_boundary():
+            loss_finite, self._loss_finite = self._loss_finite, None
             with self.timers.phase("step"):
-                self.last_step = self.optimizer.step()
+                try:
+                    self.last_step = self.optimizer.step(loss_finite)
+                except LossScaleStuckError as error:
+                    raise LossScaleStuckError(f"step {self.global_steps + 1}: {error}") from None
             if self.last_step.skipped:
-                self.skipped_steps += 1
-                self.logger.info("step %d: fp16 overflow, step skipped, loss scale now %s",
-                                 self.global_steps + 1, self.loss_scaler.scale)
+                self._skipped(self.last_step, loss_finite)
             elif self.lr_scheduler is not None:
                 self.lr_scheduler.step()
             self.global_steps += 1
             self.monitor.on_step(self)
             self._report_progress()
         self.micro_steps += 1
+
+    def _skipped(self, report: StepReport, loss_finite: torch.Tensor | None) -> None:
+        """An overflowing fp16 step lowered the loss scale; a bf16/fp32 step with inf or NaN
+        stops the run unless ``nonfinite_gradients`` is "skip"."""
+        step = self.global_steps + 1
+        if self.loss_scaler is not None:
+            self.skipped_steps += 1
+            self.logger.info("step %d: fp16 overflow, step skipped, loss scale now %s", step, self.loss_scaler.scale)
+            return
+        bad_losses = torch.zeros(self.comm.world_size, device=self.comm.device)
+        bad_losses[self.comm.rank] = float(loss_finite is not None and not bool(loss_finite))
+        self.comm.all_reduce(bad_losses)  # every rank is here: the decision to skip was global
+        ranks = [rank for rank, bad in enumerate(bad_losses.tolist()) if bad]
+        where = [f"the gradient of '{report.nonfinite_param}' holds inf/NaN (the first parameter in the "
+                 "flat layout whose gradient does)"] if report.nonfinite_param else []
+        if ranks:
+            where.append(f"the loss was not finite on rank{'s' if len(ranks) > 1 else ''} "
+                         f"{', '.join(map(str, ranks))}")
+        message = f"step {step}: {'; '.join(where)}"
+        if not self._skip_nonfinite:
+            raise NonFiniteGradientError(
+                f"{message}. The step was not applied: weights and optimizer state are those after step "
+                f"{self.global_steps}. Set \"nonfinite_gradients\": \"skip\" to skip such steps instead.")
+        self.skipped_steps += 1
+        self.logger.warning("%s; step skipped (nonfinite_gradients is \"skip\")", message)
 
     def _report_progress(self) -> None:
         every = self.config.steps_per_print

@@ -14,7 +14,8 @@ class DynamicLossScaler:
 
     An overflowing step is skipped. If every step of a whole ``window`` overflows while the scale
     is already at ``min_scale``, training cannot recover, so :meth:`update` raises instead of
-    skipping forever.
+    skipping forever. A static scale (``dynamic=False``) never moves, so it is its own minimum:
+    a whole window of overflows raises too.
     """
 
     scale: float = 2.0**16
@@ -29,15 +30,17 @@ class DynamicLossScaler:
 
     def __post_init__(self):
         self._hysteresis_left = self.hysteresis
+        if not self.dynamic:
+            self.min_scale = self.scale
 
     def update(self, overflow: bool) -> None:
-        if not self.dynamic:
-            return
         if overflow:
             self._clean_steps = 0
             self._after_overflow()
             return
         self._overflows_at_min = 0
+        if not self.dynamic:
+            return
         if self.consecutive_hysteresis:
             self._hysteresis_left = self.hysteresis
         self._clean_steps += 1
@@ -49,10 +52,12 @@ class DynamicLossScaler:
         if self.scale <= self.min_scale:
             self._overflows_at_min += 1
             if self._overflows_at_min >= self.window:
+                which = "minimum loss scale" if self.dynamic else "static loss scale"
+                key = "fp16.min_loss_scale" if self.dynamic else "fp16.loss_scale"
                 raise LossScaleStuckError(
-                    f"fp16: {self._overflows_at_min} consecutive steps overflowed at the minimum loss "
-                    f"scale {self.min_scale} (fp16.min_loss_scale); the gradients are inf/NaN even "
-                    "unscaled. Check the data and learning rate, or train in bf16.")
+                    f"fp16: {self._overflows_at_min} consecutive steps (a whole fp16.loss_scale_window) "
+                    f"overflowed at the {which} {self.min_scale} ({key}); the gradients are inf/NaN even "
+                    "at that scale. Check the data and learning rate, or train in bf16.")
             return
         # As in DeepSpeed, the counter is not refilled after a cut: later overflows cut at once
         # until a clean window (or, with consecutive_hysteresis, a clean step) refills it.
@@ -77,7 +82,7 @@ def scaler_from_config(fp16) -> DynamicLossScaler | None:
     if not fp16.enabled:
         return None
     if fp16.loss_scale and fp16.loss_scale > 0:
-        return DynamicLossScaler(scale=float(fp16.loss_scale), dynamic=False)
+        return DynamicLossScaler(scale=float(fp16.loss_scale), window=fp16.loss_scale_window, dynamic=False)
     return DynamicLossScaler(
         scale=2.0 ** fp16.initial_scale_power, window=fp16.loss_scale_window, hysteresis=fp16.hysteresis,
         min_scale=float(fp16.min_loss_scale), consecutive_hysteresis=bool(fp16.consecutive_hysteresis))

@@ -15,6 +15,7 @@ slice, so no copy is kept.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -33,12 +34,21 @@ from zerolib.zero.zeropp.settings import ZeroPPSettings
 OVERLAP_BUCKET_BYTES = 25 << 20
 
 
+class NonFiniteGradientError(FloatingPointError):
+    """A bf16 or fp32 step met inf or NaN in a loss or gradient (``nonfinite_gradients`` "error")."""
+
+
 @dataclass
 class StepReport:
-    """What one optimizer step did: whether it was skipped for overflow, and the grad norm."""
+    """What one optimizer step did: whether it was skipped for overflow, and the grad norm.
+
+    ``nonfinite_param`` names, for a step skipped without a loss scaler (bf16, fp32), the first
+    parameter in the flat layout whose gradient holds inf or NaN on some rank.
+    """
 
     skipped: bool
     grad_norm: float
+    nonfinite_param: str | None = None
 
 
 @dataclass(frozen=True)
@@ -122,20 +132,27 @@ class ZeroOptimizer:
     def finish_backward(self, boundary: bool) -> None:
         self.reducer.finish_backward(boundary)
 
-    def step(self) -> StepReport:
-        """Unscales, checks for overflow, clips, steps the owned slices and re-publishes them."""
+    def step(self, loss_finite: torch.Tensor | None = None) -> StepReport:
+        """Unscales, checks for overflow, clips, steps the owned slices and re-publishes them.
+
+        A gradient (or, through ``loss_finite``, a loss) holding inf or NaN on any rank skips
+        the step on every rank: nothing is written to the weights or the optimizer state.
+        """
         self.wait_for_parameters()
         grads = self.reducer.grad_shards
         for index, grad in enumerate(grads):  # a rank with no gradient at all still steps zeros
             if grad is None:
                 grads[index] = torch.zeros_like(self.master[index])
         scale = self.loss_scaler.scale if self.loss_scaler is not None else 1.0
-        norm = self._global_norm(grads) / scale
-        overflow = not torch.isfinite(torch.tensor(norm)).item()
-        if overflow and self.loss_scaler is not None:
+        norm = self._global_norm(grads, loss_finite) / scale
+        if not math.isfinite(norm):
+            if self.loss_scaler is not None:
+                self.reducer.zero_grads()
+                self.loss_scaler.update(True)
+                return StepReport(skipped=True, grad_norm=norm)
+            name = self._first_nonfinite_parameter(grads)
             self.reducer.zero_grads()
-            self.loss_scaler.update(True)
-            return StepReport(skipped=True, grad_norm=norm)
+            return StepReport(skipped=True, grad_norm=norm, nonfinite_param=name)
         coef = 1.0 / scale
         clip = self.settings.gradient_clipping
         if clip > 0:
@@ -160,12 +177,36 @@ class ZeroOptimizer:
         if isinstance(self.store, ReplicatedParams):
             self.store.finish_publish()
 
-    def _global_norm(self, grads: list[torch.Tensor]) -> float:
+    def _global_norm(self, grads: list[torch.Tensor], loss_finite: torch.Tensor | None = None) -> float:
         norms = torch._foreach_norm([g.float() if g.dtype != torch.float32 else g for g in grads])
         squares = torch.stack(norms).pow(2).sum().reshape(1)
+        if loss_finite is not None:  # a rank's bad loss must skip the step on every rank
+            squares = torch.where(loss_finite.to(squares.device), squares, torch.nan)
         if self.layout.num_shards > 1:
-            self.comm.all_reduce(squares)
+            self.comm.all_reduce(squares)  # the NaN of a bad loss travels with the sum
+        elif loss_finite is not None and self.comm.distributed:
+            # stage 0: every rank holds the whole (already reduced) gradient, so the norms agree;
+            # only the loss flags need exchanging.
+            any_bad = torch.isnan(squares).float()
+            self.comm.all_reduce(any_bad, torch.distributed.ReduceOp.MAX)
+            squares = torch.where(any_bad > 0, torch.nan, squares)
         return squares.sqrt().item()
+
+    def _first_nonfinite_parameter(self, grads: list[torch.Tensor]) -> str | None:
+        """The first parameter in layout order whose gradient holds inf or NaN on any rank
+        (None when every gradient is finite: then only a loss was not)."""
+        position, found = 0, None
+        for spec, grad in zip(self.layout.buffers, grads):
+            lo, _ = spec.shard_range(self.shard)
+            for slot in spec.slots:
+                part = spec.owned_part(slot, self.shard)
+                if found is None and part is not None and not torch.isfinite(grad[part[0] - lo:part[1] - lo]).all():
+                    found = position
+                position += 1
+        first = torch.tensor([position if found is None else found], dtype=torch.int64, device=self.comm.device)
+        self.comm.all_reduce(first, torch.distributed.ReduceOp.MIN)
+        names = [slot.name for spec in self.layout.buffers for slot in spec.slots]
+        return names[int(first)] if int(first) < len(names) else None
 
     def _write_back(self) -> None:
         if self.param_dtype != torch.float32 and not self._optimizer_writes_params:

@@ -1,10 +1,15 @@
-"""Seeded fuzzing: mutated configs are either accepted or rejected with a ConfigError naming a
-key path; no other exception escapes, and what is accepted is resolved and self-consistent."""
+"""Fault 5, seeded fuzzing: mutated configs are either accepted or rejected with a ConfigError
+naming a key path; no other exception escapes, a rejection carries no chained traceback from
+inside the library (pydantic's or ours), and what is accepted is resolved and self-consistent."""
 import copy
 import json
 import random
 import re
+import traceback
 import warnings
+from pathlib import Path
+
+import zerolib.config
 
 import pytest
 
@@ -89,9 +94,17 @@ def _check_accepted(cfg: ZeroConfig, world_size: int) -> None:
     assert again.to_dict() == resolved
 
 
+CONFIG_PACKAGE = Path(zerolib.config.__file__).parent
+
+
 def _check_rejected(error: ConfigError, config: dict) -> None:
     message = str(error)
     assert message.startswith(f"{error.path}: "), message
+    # What a user sees: one error raised by zerolib's config layer, no "during handling of the
+    # above exception" chain from pydantic or from deeper in the library.
+    assert error.__cause__ is None and (error.__context__ is None or error.__suppress_context__), message
+    raised_in = Path(traceback.extract_tb(error.__traceback__)[-1].filename).parent
+    assert raised_in == CONFIG_PACKAGE, f"raised in {raised_in}: {message}"
     assert PATH_SHAPE.match(error.path), message
     top = re.split(r"[.\[]", error.path)[0]
     known = set(config) | set(ZeroConfig.model_fields) | {"config", "world_size"}
