@@ -282,12 +282,13 @@ class CommContext:
         if self._group_size(group) == 1:
             output.copy_(inp)
             return PendingCollective(None, "all_to_all", self.ledger) if async_op else None
-        me = self._group_ranks(group).index(self.rank)
+        ranks = self._group_ranks(group)
         row_bytes = inp[:1].numel() * inp.element_size() if inp.shape[0] else 0
-        self.ledger.record("all_to_all", (sum(input_splits) - input_splits[me]) * row_bytes,
+        self.ledger.record("all_to_all", (sum(input_splits) - input_splits[ranks.index(self.rank)]) * row_bytes,
                            crosses_nodes=self._crosses_nodes(group))
-        work = dist.all_to_all_single(output, inp, output_splits, input_splits, group=group, async_op=async_op)
-        return self._finish(work, "all_to_all", async_op)
+        label = self._next_label("all_to_all", tuple(ranks))
+        return self._issue(label, lambda: dist.all_to_all_single(output, inp, output_splits, input_splits, group=group,
+                                                                 async_op=True), async_op)
 
     def gather_object(self, obj, dst: int = 0) -> list | None:
         """Every rank's picklable ``obj``, in rank order, on rank ``dst`` (None elsewhere).
@@ -297,8 +298,12 @@ class CommContext:
         payload = pickle.dumps(obj)
         if self.rank != dst:
             self.ledger.record("gather", len(payload))
+        explain = self._explainer(self._next_label("gather", tuple(range(self.world_size))))
         gathered = [None] * self.world_size if self.rank == dst else None
-        dist.gather_object(payload, gathered, dst=dst)
+        try:
+            dist.gather_object(payload, gathered, dst=dst)  # blocking only: there is no async form
+        except RuntimeError as error:
+            raise explain(error) from None
         return None if gathered is None else [pickle.loads(item) for item in gathered]
 
     def any_true(self, flag: bool) -> bool:
