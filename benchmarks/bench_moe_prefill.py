@@ -12,7 +12,10 @@ prompts, short questions). Every rank builds one engine per mode over the same z
 modes and repeats are interleaved (the machine is shared), medians are printed. Then the router
 against least-loaded on the prefix mix (benchmarks/moe_router_bench.py's loop).
 
-    python benchmarks/bench_moe_prefill.py [--quick] [--repeats 3] [--width 512] [--experts 16]
+With ``--link-gbit G`` the two ranks talk over an emulated G Gbit/s link (benchmarks/netlink.py)
+instead of loopback, where a transfer is a memcpy paid for by the same two cores that compute.
+
+    python benchmarks/bench_moe_prefill.py [--quick] [--repeats 3] [--width 512] [--experts 16] [--link-gbit G]
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ import torch
 
 from common import print_table, run_ranks
 from moe_router_bench import compare_routers, prefix_mix
+from netlink import EmulatedLink, enter_link
 from zerolib.comm import CommContext
 from zerolib.inference import MoEPrefillEngine
 from zerolib.models import MoEGPT, MoEGPTConfig
@@ -61,14 +65,23 @@ def prefix_requests(args, seed: int) -> list[dict]:
     return waves[0]
 
 
-def timed_score(engine: MoEPrefillEngine, requests: list[dict]) -> float:
+def timed_score(engine: MoEPrefillEngine, requests: list[dict]) -> tuple[float, float]:
+    """(wall seconds, seconds this rank waited on expert gathers or all-to-alls) of one call."""
     engine.comm.barrier()
+    engine.comm.ledger.reset()
     start = time.perf_counter()
     engine.score(requests)
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    exposed = sum(stats["seconds"] for kind, stats in engine.comm.ledger.snapshot().items()
+                  if kind in ("all_gather", "all_to_all"))
+    return wall, exposed
 
 
-def _bench_rank(args) -> dict | None:
+def _bench_rank(args, link=None) -> dict | None:
+    if link is not None:
+        import os
+
+        enter_link(link, int(os.environ["RANK"]))
     comm = CommContext.from_environment(timeout_seconds=600)
     engines = {mode: MoEPrefillEngine(build_model(args), {"moe_prefill": {"mode": mode, "cache_blocks": 512}},
                                       comm=comm) for mode in MODES}
@@ -107,9 +120,10 @@ def reference_seconds(args) -> dict:
     for repeat in range(args.repeats):
         for index, (name, tokens, count) in enumerate(workloads(args)):
             requests = requests_for(tokens, count, seed=1000 * repeat + index)
-            seconds.setdefault((name, tokens, count), []).append(timed_score(engine, requests))
+            seconds.setdefault((name, tokens, count), []).append(timed_score(engine, requests)[0])
         requests = prefix_requests(args, seed=repeat)
-        seconds.setdefault(("prefix mix", args.prefix_tokens, len(requests)), []).append(timed_score(engine, requests))
+        seconds.setdefault(("prefix mix", args.prefix_tokens, len(requests)), []).append(
+            timed_score(engine, requests)[0])
     return seconds
 
 
@@ -123,18 +137,24 @@ def report(result: dict, reference: dict, args) -> None:
     rows, met_rows = [], []
     for (name, tokens, count) in dict.fromkeys(key[:3] for key in seconds):
         total = tokens * count
-        rate = {mode: total / statistics.median(seconds[(name, tokens, count, mode)]) for mode in MODES}
+        rate = {mode: total / statistics.median(wall for wall, _ in seconds[(name, tokens, count, mode)])
+                for mode in MODES}
+        exposed = {mode: statistics.median(wait for _, wait in seconds[(name, tokens, count, mode)])
+                   for mode in MODES}
         rate["single"] = total / statistics.median(reference[(name, tokens, count)])
         per_rank_flops = cost.prefill(tokens) * count / 2
         meets = per_rank_flops >= meta["threshold"] if name != "prefix mix" else None
         row = [name, str(tokens), str(count), f"{per_rank_flops:.2e}", {True: "yes", False: "no", None: "-"}[meets]]
         row += [f"{rate[m]:.0f}" for m in (*MODES, "single")]
         row += [f"{rate['async_ep'] / rate['dp_ep']:.2f}x", f"{rate['async_ep'] / rate['sync_gather']:.2f}x"]
+        row += ["/".join(f"{exposed[m] * 1e3:.0f}" for m in ("async_ep", "sync_gather", "dp_ep"))]
         rows.append(row)
         if meets:
             met_rows.append((name, tokens, count, rate["async_ep"] / rate["dp_ep"]))
     print_table(["workload", "tokens", "requests", "FLOPs/rank/layer", ">= T", *[f"{m} tok/s" for m in MODES],
-                 "1 process tok/s", "async/dp_ep", "async/sync"], rows)
+                 "1 process tok/s", "async/dp_ep", "async/sync", "comm wait ms a/s/dp"], rows)
+    print("comm wait: time rank 0 spent blocked on expert gathers (async_ep, sync_gather) or all-to-alls (dp_ep) "
+          "in one call; what AsyncEP hides is the difference to sync_gather")
     smallest = {}
     for name, tokens, count, ratio in met_rows:
         smallest.setdefault((name, tokens), (count, ratio))
@@ -170,6 +190,8 @@ def parse_args(argv):
     parser.add_argument("--router_waves", type=int, default=3)
     parser.add_argument("--router_cache_blocks", type=int, default=48)
     parser.add_argument("--skip_router", action="store_true")
+    parser.add_argument("--link-gbit", type=float, default=None,
+                        help="run the ranks over an emulated link of this many Gbit/s instead of loopback")
     args = parser.parse_args(argv)
     if args.quick:
         args.repeats, args.width, args.layers, args.experts = 1, 64, 2, 4
@@ -180,7 +202,12 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    result = run_ranks(_bench_rank, 2, args, timeout=3600)[0]
+    if args.link_gbit is None:
+        result = run_ranks(_bench_rank, 2, args, timeout=3600)[0]
+    else:
+        with EmulatedLink(args.link_gbit) as link:
+            result = run_ranks(_bench_rank, 2, args, link.spec(), timeout=3600)[0]
+        print(f"ranks joined by an emulated {args.link_gbit:g} Gbit/s link (tc tbf on a veth pair)")
     report(result, reference_seconds(args), args)
     return 0
 
