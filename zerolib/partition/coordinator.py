@@ -17,6 +17,7 @@ as long as all ranks run the same modules.
 """
 from __future__ import annotations
 
+import contextlib
 import enum
 import functools
 from dataclasses import dataclass
@@ -98,6 +99,18 @@ def _output_tensors(output):
     elif isinstance(output, dict):
         for item in output.values():
             yield from _output_tensors(item)
+
+
+@dataclass(frozen=True)
+class SavedView:
+    """What autograd keeps of a tensor that lives in a gathered buffer: where it is, not its
+    memory (see ParamCoordinator.saved_tensors_by_reference)."""
+
+    store: PartitionedParams
+    index: int
+    offset: int
+    size: tuple[int, ...]
+    stride: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -267,6 +280,31 @@ class ParamCoordinator:
 
     def _note_live(self) -> None:
         self.peak_live_numel = max(self.peak_live_numel, self.live_numel())
+
+    # -- what autograd saves ---------------------------------------------------------------
+    @contextlib.contextmanager
+    def saved_tensors_by_reference(self):
+        """Forward under this context: autograd saves a tensor that lives in a gathered buffer
+        (a weight, or a view such as ``weight.t()`` that ``F.linear`` saves) as a
+        :class:`SavedView`. Saved as a tensor, it would keep the whole gathered buffer alive
+        from forward to backward after the unit's release, every unit at once; by reference,
+        backward reads it from the buffer its pre-backward gather brought back."""
+        with torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack):
+            yield
+
+    def _pack(self, tensor: torch.Tensor):
+        for store in self._stores:
+            index = store.buffer_holding(tensor)
+            if index is not None:
+                return SavedView(store, index, tensor.storage_offset(), tuple(tensor.size()), tuple(tensor.stride()))
+        return tensor
+
+    @staticmethod
+    def _unpack(saved):
+        if not isinstance(saved, SavedView):
+            return saved
+        saved.store.wait_gather(saved.index)  # gathered already by the unit's pre-backward hook
+        return saved.store.full_buffer(saved.index).as_strided(saved.size, saved.stride, saved.offset)
 
     # -- whole-model access -----------------------------------------------------------------
     def gather_all(self) -> None:

@@ -132,6 +132,16 @@ class PartitionedParams:
         if pending is not None:
             pending.wait()
 
+    def buffer_holding(self, tensor: torch.Tensor) -> int | None:
+        """The gathered partitioned buffer whose memory ``tensor`` is a view of, if any."""
+        if not self.full or tensor.device != self.comm.device:
+            return None
+        pointer = tensor.untyped_storage().data_ptr()
+        for index, full in self.full.items():
+            if index not in self.replicated and full.untyped_storage().data_ptr() == pointer:
+                return index
+        return None
+
     def full_buffer(self, index: int) -> torch.Tensor:
         """The whole buffer ``index``; it must be gathered (or replicated)."""
         return self.full[index]

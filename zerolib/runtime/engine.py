@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import contextlib
 from contextlib import contextmanager
 
 import torch
@@ -173,7 +174,10 @@ class ZeroEngine:
 
     def forward(self, *args, **kwargs):
         self.monitor.note_forward(args, kwargs)
-        with self.timers.phase("forward"):
+        # stage 3: gathered weights are saved for backward by reference, so releasing a unit
+        # after its forward really frees its memory (see ParamCoordinator)
+        saving = self.stage3.coordinator.saved_tensors_by_reference() if self.stage3 else contextlib.nullcontext()
+        with self.timers.phase("forward"), saving:
             return self.module(*args, **kwargs)
 
     def backward(self, loss: torch.Tensor) -> None:

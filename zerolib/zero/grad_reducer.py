@@ -152,9 +152,10 @@ class GradientReducer:
         self._in_flight.append(_InFlight(index, pending, reduced, bucket, reduced_is_scratch=is_scratch))
 
     def _bound_in_flight(self) -> None:
-        """Stage 2 holds at most MAX_BUCKETS_IN_FLIGHT buckets under reduction: a new bucket
-        first waits for the oldest, so gradient memory stays near reduce_bucket_size."""
-        while self.stage == 2 and len(self._in_flight) >= MAX_BUCKETS_IN_FLIGHT:
+        """Stages 2-3 hold at most MAX_BUCKETS_IN_FLIGHT buckets under reduction: a new bucket
+        first waits for the oldest, so gradient memory stays near reduce_bucket_size (stage 3:
+        a few units' buckets, not one per unit until backward ends)."""
+        while self.stage >= 2 and len(self._in_flight) >= MAX_BUCKETS_IN_FLIGHT:
             self._retire(self._in_flight.pop(0))
 
     def _retire(self, item: _InFlight) -> None:
