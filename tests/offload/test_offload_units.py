@@ -46,6 +46,7 @@ def test_swapper_keeps_each_sub_group(tmp_path, buffer_count):
     for round_ in range(3):
         for group, numel in enumerate(numels):
             first, second = swapper.acquire(group)
+            swapper.prefetch(group + 1)  # the next group's read overlaps this one's use
             assert first.numel() == numel and second.numel() == numel
             expected = 0.0 if round_ == 0 else float(100 * group + round_ - 1)
             assert torch.all(first == expected) and torch.all(second == -expected), (round_, group)
@@ -72,34 +73,61 @@ def test_too_little_space_fails_before_training_naming_bytes(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-def _write_past_file_size_limit(directory: str) -> dict:
-    """Runs in its own process: RLIMIT_FSIZE makes writes beyond 64 KiB fail as on a full disk."""
+def _disk_full_at_start(directory: str) -> dict:
+    """Runs in its own process: RLIMIT_FSIZE makes files beyond 64 KiB fail as on a full disk."""
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
-    swapper = SubGroupSwapper(directory, 0, "full", [1024, 64 * 1024], buffer_count=2, aio=SMALL_AIO)
-    swapper.acquire(0)[0].fill_(7.0)
-    swapper.release(0)
-    swapper.flush()  # 8 KiB: fits
-    swapper.acquire(1)[0].fill_(1.0)
-    swapper.release(1)
     try:
-        swapper.flush()  # 512 KiB: the "disk" is full
+        SubGroupSwapper(directory, 0, "full", [1024, 64 * 1024], buffer_count=2, aio=SMALL_AIO)
         error = None
     except SwapIOError as caught:
         error = str(caught)
-    files = sorted(os.listdir(directory))
+    return {"error": error, "left": os.listdir(directory)}
+
+
+def test_full_disk_fails_at_construction_naming_file_and_bytes(tmp_path):
+    """Every swap file is allocated up front: a disk without room fails before training."""
+    result = run_ranks(_disk_full_at_start, 1, str(tmp_path))[0]
+    assert result["error"] is not None, "allocating 512 KiB past a 64 KiB limit must fail"
+    assert "full_" in result["error"] and "_1.swp" in result["error"] and "524288 bytes" in result["error"], \
+        result["error"]
+    assert result["left"] == [], "the files allocated before the failure are removed"
+
+
+def _write_fails_mid_run(directory: str) -> dict:
+    """Runs in its own process: group 1's file is truncated behind the swapper's back and the
+    file size limit set, so rewriting it fails the way a dying disk would."""
+    swapper = SubGroupSwapper(directory, 0, "mid", [1024, 64 * 1024], buffer_count=2, aio=SMALL_AIO)
+    for group, value in ((0, 7.0), (1, 1.0)):
+        swapper.acquire(group)[0].fill_(value)
+        swapper.release(group)
+    swapper.flush()
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    os.truncate(swapper.paths[1], 0)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+    swapper.acquire(1, read=False)[0].fill_(2.0)
+    swapper.release(1)
+    errors = []
+    try:
+        swapper.flush()
+    except SwapIOError as caught:
+        errors.append(str(caught))
+    try:
+        swapper.acquire(1)
+    except SwapIOError as caught:
+        errors.append(str(caught))
     intact = bool(torch.all(swapper.acquire(0)[0] == 7.0))
     swapper.close()
-    return {"error": error, "files": files, "intact": intact, "left": os.listdir(directory)}
+    return {"errors": errors, "intact": intact, "left": os.listdir(directory)}
 
 
-def test_full_disk_during_a_write_names_file_and_bytes_and_corrupts_nothing(tmp_path):
-    result = run_ranks(_write_past_file_size_limit, 1, str(tmp_path))[0]
-    assert result["error"] is not None, "the write past the limit must fail"
-    assert "full_" in result["error"] and "_1.swp" in result["error"] and "524288 bytes" in result["error"]
-    assert not any(name.endswith(".tmp") for name in result["files"]), result["files"]
-    assert not any(name.endswith("_1.swp") for name in result["files"]), "no half-written file"
-    assert result["intact"], "the sub-group written before the failure reads back unchanged"
+def test_failed_write_names_file_and_bytes_and_its_group_is_never_read(tmp_path):
+    result = run_ranks(_write_fails_mid_run, 1, str(tmp_path))[0]
+    assert len(result["errors"]) == 2, result["errors"]
+    flush_error, acquire_error = result["errors"]
+    assert "_1.swp" in flush_error and "524288 bytes" in flush_error and "bytes free" in flush_error, flush_error
+    assert "was lost when its write failed" in acquire_error, "a half-written group must not be read back"
+    assert result["intact"], "the other group reads back unchanged"
     assert result["left"] == []
 
 
@@ -110,29 +138,47 @@ def _flat_problem(seed=0):
     return masters, grads
 
 
-@pytest.mark.parametrize("where", ["cpu", "nvme", "nvme-1buffer", "ratio0.5"])
+def _swappers(directory: str, buffer_count: int = 4):
+    def make(tag, numels, tensors_per_group):
+        return SubGroupSwapper(directory, 0, tag, numels, tensors_per_group=tensors_per_group,
+                               buffer_count=buffer_count, aio=SMALL_AIO)
+    return make
+
+
+@pytest.mark.parametrize("where", ["cpu", "nvme", "nvme-1buffer", "ratio0.5", "nvme-swapped"])
 def test_offload_adam_matches_torch_adamw(tmp_path, where):
+    """``nvme-swapped``: masters, moments and gradients all in swap files (masters handed in on
+    the meta device, gradients through the sink, 16-bit copies through a ShardAccess)."""
     masters, grads = _flat_problem()
     reference = [m.clone() for m in masters]
     torch_opt = torch.optim.AdamW(reference, lr=1e-2, weight_decay=0.1)
-    swap = None
-    if where.startswith("nvme"):
-        count = 1 if where.endswith("1buffer") else 4
-
-        def swap(numels):
-            return SubGroupSwapper(str(tmp_path), 0, "adam", numels, buffer_count=count, aio=SMALL_AIO)
-    ratio = 0.5 if where == "ratio0.5" else 1.0
-    opt = OffloadAdam(masters, lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1, adamw_mode=True,
-                      sub_group_size=256, ratio=ratio, swapper_factory=swap,
+    swap = _swappers(str(tmp_path), 1 if where.endswith("1buffer") else 4) if where.startswith("nvme") else None
+    swapped = where == "nvme-swapped"
+    given = [torch.empty(m.shape, device="meta") for m in masters] if swapped else masters
+    opt = OffloadAdam(given, lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1, adamw_mode=True,
+                      sub_group_size=256, ratio=0.5 if where == "ratio0.5" else 1.0, make_swapper=swap,
                       make_device_optimizer=lambda ts: torch.optim.AdamW(ts, lr=1e-2, weight_decay=0.1))
+    for index, m in enumerate(masters if swapped else []):
+        opt.write_master(index, m)
     copies = [torch.zeros(m.numel(), dtype=torch.bfloat16) for m in masters]
     opt.set_param_copies(copies)
     for step_grads in grads:
-        for m, r, g in zip(masters, reference, step_grads):
-            m.grad, r.grad = g.clone(), g.clone()
+        for index, (m, r, g) in enumerate(zip(masters, reference, step_grads)):
+            r.grad = g.clone()
+            if swapped:  # as the reducer hands them over: two micro-steps of half the gradient
+                opt.gradient_sink.accumulate(index, g, 0.5, final=False)
+                opt.gradient_sink.accumulate(index, g, 0.5, final=True)
+            else:
+                m.grad = g.clone()
+        if swapped:
+            expected = sum(float(g.pow(2).sum()) for g in step_grads)
+            assert abs(opt.gradient_sink.squared_norm() - expected) <= 1e-4 * expected
         opt.step()
+        if swapped:
+            opt.gradient_sink.reset()
         torch_opt.step()
-    for index, (m, r, c) in enumerate(zip(masters, reference, copies)):
+    for index, (r, c) in enumerate(zip(reference, copies)):
+        m = opt.read_master(index)
         torch.testing.assert_close(m, r, rtol=1e-5, atol=1e-6, msg=f"master {index}")
         assert torch.equal(c, m.to(torch.bfloat16)), f"16-bit copy {index} not written in the step"
     state = opt.state_dict()
@@ -140,14 +186,19 @@ def test_offload_adam_matches_torch_adamw(tmp_path, where):
         torch.testing.assert_close(state["state"][index]["exp_avg"], torch_opt.state[r]["exp_avg"], rtol=1e-5,
                                    atol=1e-7)
         assert int(state["state"][index]["step"]) == 4
+    if swap is not None:
+        per_group = opt.state_swapper.per_group * max(ALIGN, 256 * 4)  # each tensor padded to 4 KiB
+        assert opt.state_swapper.resident_bytes <= (1 if where.endswith("1buffer") else 4) * per_group, \
+            "the swap pool holds at most buffer_count sub-groups"
     opt.close()
+    assert os.listdir(tmp_path) == []
 
 
 def test_offload_adam_state_dict_round_trip(tmp_path):
     masters, grads = _flat_problem(1)
     make = lambda ms: OffloadAdam(ms, lr=1e-2, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.0,  # noqa: E731
                                   adamw_mode=True, sub_group_size=200,
-                                  swapper_factory=lambda n: SubGroupSwapper(str(tmp_path), 0, "sd", n))
+                                  make_swapper=_swappers(str(tmp_path)))
     first = make(masters)
     for m, g in zip(masters, grads[0]):
         m.grad = g
@@ -177,9 +228,53 @@ def test_offloading_a_non_adam_optimizer_is_refused_by_name():
         offload_optimizer_factory(config, 0, make_device_optimizer=None)
 
 
-def test_offload_param_nvme_is_still_rejected_clearly():
-    from zerolib.config import ConfigError, load_config
+def test_a_parameter_shard_larger_than_buffer_size_is_refused_by_name(tmp_path):
+    from zerolib.config import load_config
+    from zerolib.offload import ParamSwapFactory, SharedFileIO
 
-    with pytest.raises(ConfigError, match=r"offload_param.device: parameter offload to nvme is not implemented"):
-        load_config({"train_micro_batch_size_per_gpu": 1, "optimizer": {"type": "AdamW"},
-                     "zero_optimization": {"stage": 3, "offload_param": {"device": "nvme", "nvme_path": "/tmp"}}})
+    config = load_config({"train_micro_batch_size_per_gpu": 1, "optimizer": {"type": "AdamW"},
+                          "zero_optimization": {"stage": 3, "offload_param": {
+                              "device": "nvme", "nvme_path": str(tmp_path), "buffer_size": 1000, "max_in_cpu": 500}}})
+    factory = ParamSwapFactory(config, 0, SharedFileIO(AioSettings()))
+    with pytest.raises(ValueError, match=r"offload_param.buffer_size: 1000 elements cannot hold the trainable "
+                                         r"parameter shard of buffer 2 \(4000 elements on rank 0\)"):
+        factory({1: 400, 2: 4000, 3: 300}, torch.float32, "trainable")
+    assert os.listdir(tmp_path) == []
+    factory = ParamSwapFactory(config, 0, SharedFileIO(AioSettings()))
+    swap = factory({1: 400, 2: 900, 3: 300}, torch.float32, "trainable")  # max_in_cpu: 400 fits, 900 not
+    assert 1 not in swap and 2 in swap and 3 in swap
+    swap.close()
+
+
+def test_parameter_shards_are_read_ahead_along_the_trace(tmp_path):
+    """offload_param nvme on one process: once the first iteration has recorded the order, the
+    read of every unit's shard but the first is started before that unit is fetched, the pool
+    stays within buffer_count shards, and the swap files go with the engine."""
+    import gc
+
+    import zerolib
+    from zerolib.models import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    config = {"train_micro_batch_size_per_gpu": 2, "steps_per_print": None,
+              "optimizer": {"type": "AdamW", "params": {"lr": 1e-2}},
+              "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 100,
+                                    "stage3_prefetch_bucket_size": 1, "stage3_max_reuse_distance": 0,
+                                    "offload_param": {"device": "nvme", "nvme_path": str(tmp_path), "max_in_cpu": 0,
+                                                      "buffer_count": 3}}}
+    engine = zerolib.initialize(GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=4, n_head=2, n_embd=32)), config)
+    swap, tokens = engine.stage3.store.swap, torch.randint(0, 64, (2, 17))
+    largest = max(swap.group_bytes.values())
+    for iteration in range(3):
+        ahead, demand = swap.reads_ahead_used, swap.reads_on_demand
+        loss = engine(tokens[:, :-1], tokens[:, 1:])
+        engine.backward(loss)
+        engine.step()
+        ahead, demand = swap.reads_ahead_used - ahead, swap.reads_on_demand - demand
+        assert swap.resident_bytes <= 3 * largest
+        if iteration > 0:
+            assert demand == 1 and ahead >= 5, f"iteration {iteration}: {ahead} reads ahead, {demand} on demand"
+    assert len(os.listdir(tmp_path)) == len(swap.paths)
+    del engine, swap
+    gc.collect()
+    assert os.listdir(tmp_path) == [], "the swap files are removed with the engine"
