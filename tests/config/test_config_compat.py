@@ -79,8 +79,6 @@ def test_ignored_keys_warn_by_name():
 
 
 UNIMPLEMENTED_CASES = {
-    "zero_optimization.offload_param.device": {
-        "zero_optimization": {"stage": 3, "offload_param": {"device": "nvme", "nvme_path": "/tmp"}}},
     "zero_optimization.zero_quantized_nontrainable_weights": {
         "zero_optimization": {"stage": 3, "zero_quantized_nontrainable_weights": True}},
 }

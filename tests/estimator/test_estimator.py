@@ -8,7 +8,7 @@ import torch
 import zerolib
 from harness import run_ranks
 from zerolib.cli import main as cli_main
-from zerolib.estimator import activation_bytes, estimate, model_state_bytes
+from zerolib.estimator import activation_bytes, estimate, largest_model, model_state_bytes
 from zerolib.models import GPT, GPTConfig
 
 MODEL = GPTConfig(vocab_size=128, block_size=16, n_layer=4, n_head=4, n_embd=64)
@@ -74,8 +74,20 @@ def test_offload_places_states_like_deepspeed():
     cpu = model_state_bytes(psi, num_procs=n, stage=2, dtype="bf16", offload_optimizer="cpu")
     assert cpu.by_place == {"device": 2 * psi, "cpu": 16 * psi // n, "nvme": 0}
     nvme = model_state_bytes(psi, num_procs=n, stage=3, dtype="bf16", offload_optimizer="nvme", offload_param="nvme")
-    assert nvme.by_place == {"device": 0, "cpu": 4 * psi // n, "nvme": 14 * psi // n}
+    # zerolib swaps the fp32 gradient shard with the optimizer state (DeepSpeed keeps it in RAM)
+    assert nvme.by_place == {"device": 0, "cpu": 0, "nvme": 18 * psi // n}
     assert nvme.notes and "gathered" in nvme.notes[0]
+    fp32 = model_state_bytes(psi, num_procs=n, stage=3, dtype="fp32", offload_optimizer="nvme", offload_param="nvme")
+    assert fp32.by_place["nvme"] == 20 * psi // n, "with the working shard in a file, fp32 keeps a master of its own"
+
+
+def test_largest_model_fills_memory_then_disk():
+    gib = 2**30
+    psi, limit = largest_model(24 * gib, overhead_bytes=2 * gib, num_procs=1, stage=3, dtype="fp32")
+    assert limit == "memory" and psi == 22 * gib // 16  # 16 bytes per parameter in RAM
+    psi, limit = largest_model(24 * gib, disk_bytes=80 * gib, overhead_bytes=2 * gib, num_procs=1, stage=3,
+                               dtype="fp32", offload_optimizer="nvme", offload_param="nvme")
+    assert limit == "disk" and psi == 80 * gib // 20  # params, master, moments, gradients: 20 bytes on disk
 
 
 def test_checkpointing_shrinks_activations():
@@ -91,6 +103,8 @@ def test_cli_prints_states_and_activations(capsys):
     out = capsys.readouterr().out
     assert status == 0
     assert "model states" in out and "activations" in out and "with activation checkpointing" in out
+    status = cli_main(["estimate", "--memory-gib", "24", "--overhead-gib", "2", "--stage", "3", "--dtype", "fp32"])
+    assert status == 0 and f"{22 * 2**30 // 16:,} params (limited by memory)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv,message", [

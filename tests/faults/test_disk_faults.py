@@ -93,32 +93,59 @@ def test_too_little_space_fails_before_training_naming_bytes(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-def _write_past_file_size_limit(directory: str) -> dict:
-    """Runs in its own process: RLIMIT_FSIZE makes writes beyond 64 KiB fail as on a full disk."""
+def _disk_full_at_start(directory: str) -> dict:
+    """Runs in its own process: RLIMIT_FSIZE makes files beyond 64 KiB fail as on a full disk."""
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
-    swapper = SubGroupSwapper(directory, 0, "full", [1024, 64 * 1024], buffer_count=2, aio=SMALL_AIO)
-    swapper.acquire(0)[0].fill_(7.0)
-    swapper.release(0)
-    swapper.flush()  # 8 KiB: fits
-    swapper.acquire(1)[0].fill_(1.0)
-    swapper.release(1)
     try:
-        swapper.flush()  # 512 KiB: the "disk" is full
+        SubGroupSwapper(directory, 0, "full", [1024, 64 * 1024], buffer_count=2, aio=SMALL_AIO)
         error = None
     except SwapIOError as caught:
         error = str(caught)
-    files = sorted(os.listdir(directory))
+    return {"error": error, "left": os.listdir(directory)}
+
+
+def test_full_disk_fails_at_construction_naming_file_and_bytes(tmp_path):
+    """Every swap file is allocated up front: a disk without room fails before training."""
+    result = run_ranks(_disk_full_at_start, 1, str(tmp_path))[0]
+    assert result["error"] is not None, "allocating 512 KiB past a 64 KiB limit must fail"
+    assert "full_" in result["error"] and "_1.swp" in result["error"] and "524288 bytes" in result["error"], \
+        result["error"]
+    assert result["left"] == [], "the files allocated before the failure are removed"
+
+
+def _write_fails_mid_run(directory: str) -> dict:
+    """Runs in its own process: group 1's file is truncated behind the swapper's back and the
+    file size limit set, so rewriting it fails the way a dying disk would."""
+    swapper = SubGroupSwapper(directory, 0, "mid", [1024, 64 * 1024], buffer_count=2, aio=SMALL_AIO)
+    for group, value in ((0, 7.0), (1, 1.0)):
+        swapper.acquire(group)[0].fill_(value)
+        swapper.release(group)
+    swapper.flush()
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    os.truncate(swapper.paths[1], 0)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+    swapper.acquire(1, read=False)[0].fill_(2.0)
+    swapper.release(1)
+    errors = []
+    try:
+        swapper.flush()
+    except SwapIOError as caught:
+        errors.append(str(caught))
+    try:
+        swapper.acquire(1)
+    except SwapIOError as caught:
+        errors.append(str(caught))
     intact = bool(torch.all(swapper.acquire(0)[0] == 7.0))
     swapper.close()
-    return {"error": error, "files": files, "intact": intact, "left": os.listdir(directory)}
+    return {"errors": errors, "intact": intact, "left": os.listdir(directory)}
 
 
-def test_full_disk_during_an_nvme_swap_write_names_file_and_bytes_and_corrupts_nothing(tmp_path):
-    result = run_ranks(_write_past_file_size_limit, 1, str(tmp_path))[0]
-    assert result["error"] is not None, "the write past the limit must fail"
-    assert "full_" in result["error"] and "_1.swp" in result["error"] and "524288 bytes" in result["error"]
-    assert not any(name.endswith(".tmp") for name in result["files"]), result["files"]
-    assert not any(name.endswith("_1.swp") for name in result["files"]), "no half-written file"
-    assert result["intact"], "the sub-group written before the failure reads back unchanged"
+def test_failed_write_names_file_and_bytes_and_its_group_is_never_read(tmp_path):
+    result = run_ranks(_write_fails_mid_run, 1, str(tmp_path))[0]
+    assert len(result["errors"]) == 2, result["errors"]
+    flush_error, acquire_error = result["errors"]
+    assert "_1.swp" in flush_error and "524288 bytes" in flush_error and "bytes free" in flush_error, flush_error
+    assert "was lost when its write failed" in acquire_error, "a half-written group must not be read back"
+    assert result["intact"], "the other group reads back unchanged"
     assert result["left"] == []

@@ -1,5 +1,5 @@
 """ZeRO stages 1-3 with offload_optimizer cpu / nvme (and a partial ratio), and stage 3 with
-offload_param cpu (alone and with optimizer nvme), against the same run
+offload_param cpu or nvme (alone and with optimizer nvme), against the same run
 without offload and against plain PyTorch, on 2 ranks spawned once for the whole grid.
 
 Stated bounds: offload only swaps torch's fused AdamW for the native CPU Adam, which rounds
@@ -20,16 +20,19 @@ from support.parity import TOLERANCES, Case, assert_matches_reference, run_engin
 
 WORLD = 2
 STAGE3 = (("stage3_param_persistence_threshold", 100), ("stage3_prefetch_bucket_size", 10_000))
+PARAM_NVME = {"device": "nvme", "buffer_count": 3, "max_in_cpu": 0}
 OFFLOADS = {"none": None, "cpu": {"device": "cpu"}, "nvme": {"device": "nvme", "buffer_count": 3},
-            "cpu-ratio0.5": {"device": "cpu", "ratio": 0.5}, "param-cpu": None, "param-cpu+nvme": None}
-PARAM_OFFLOADS = {"param-cpu": ("none", {"device": "cpu"}), "param-cpu+nvme": ("nvme", {"device": "cpu"})}
+            "cpu-ratio0.5": {"device": "cpu", "ratio": 0.5}, "param-cpu": None, "param-cpu+nvme": None,
+            "param-nvme": None, "param-nvme+nvme": None}
+PARAM_OFFLOADS = {"param-cpu": ("none", {"device": "cpu"}), "param-cpu+nvme": ("nvme", {"device": "cpu"}),
+                  "param-nvme": ("none", PARAM_NVME), "param-nvme+nvme": ("nvme", PARAM_NVME)}
 
 
 def case_for(stage: int, dtype: str, offload: str, nvme_path: str) -> Case:
     extra = (("sub_group_size", 3000),) + (STAGE3 if stage == 3 else ())
     if offload in PARAM_OFFLOADS:  # stage 3: shards on the host, optimizer as named
         optimizer, param = PARAM_OFFLOADS[offload]
-        extra += (("offload_param", param),)
+        extra += (("offload_param", {**param, "nvme_path": nvme_path} if param["device"] == "nvme" else param),)
         offload = optimizer
     if OFFLOADS[offload] is not None:
         extra += (("offload_optimizer", {**OFFLOADS[offload], "nvme_path": nvme_path}),)
@@ -49,7 +52,9 @@ def run_grid(nvme_path: str) -> dict:
         case = case_for(stage, dtype, offload, nvme_path)
         results[(stage, dtype, offload)] = run_engine(case, WORLD, rank)
         gc.collect()  # the engine is gone: its swap files must be too
-        results[(stage, dtype, offload)]["files_left"] = sorted(os.listdir(nvme_path))
+        # this rank's files only: the other rank may already be running the next case
+        results[(stage, dtype, offload)]["files_left"] = sorted(f for f in os.listdir(nvme_path)
+                                                                if f.startswith(f"zerolib_rank{rank}_"))
     return {"results": results}
 
 
@@ -84,6 +89,22 @@ def test_nvme_holds_no_optimizer_state_in_memory(grid, stage):
         shard_numel = sum(w.numel() for w in per_rank["results"][(stage, "fp32", "cpu")]["weights"].values()) / WORLD
         assert cpu >= 8 * shard_numel * 0.9, f"rank {rank}: cpu offload keeps both moments in memory ({cpu} B)"
         assert nvme == 0, f"rank {rank}: nvme offload left {nvme} B of optimizer state in memory"
+        if stage >= 2:  # stage 1 fp32 keeps its full gradient buffers: the shard is a view of them
+            held = per_rank["results"][(stage, "fp32", "nvme")]["memory"]["grads"]
+            assert held == 0, f"rank {rank}: nvme offload kept {held} B of gradients in memory"
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_everything_on_nvme_leaves_only_small_parameters_in_memory(grid, dtype):
+    """offload_param nvme + offload_optimizer nvme: after a step, memory holds the parameters
+    below the persistence threshold and the swap pools, nothing per partitioned element."""
+    ranks, _ = grid
+    for rank, per_rank in enumerate(ranks):
+        memory = per_rank["results"][(3, dtype, "param-nvme+nvme")]["memory"]
+        numel = sum(w.numel() for w in per_rank["results"][(3, dtype, "none")]["weights"].values())
+        assert memory["grads"] == memory["master"] == memory["optimizer_state"] == 0, f"rank {rank}: {memory}"
+        assert memory["params"] < 0.05 * numel * 4, f"rank {rank}: {memory['params']} B of parameters resident"
+        assert memory["swap_buffers"] > 0, f"rank {rank}: the swap pools are memory too and must be counted"
 
 
 def test_nvme_swap_files_are_removed_with_the_engine(grid):

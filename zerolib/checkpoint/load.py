@@ -31,12 +31,15 @@ def _load_values(engine, reader: CheckpointReader) -> None:
     """Fills master slices, frozen shards and whole tensors; local only (no collective)."""
     optimizer = engine.optimizer
     with torch.no_grad():
-        for spec in optimizer.layout.buffers:
-            _fill_flat(reader, spec, optimizer.shard, optimizer.master[spec.index], VALUES)
+        for spec in optimizer.layout.buffers:  # a copy when the master lives in a swap file
+            values = optimizer.master_value(spec.index)
+            _fill_flat(reader, spec, optimizer.shard, values, VALUES)
+            optimizer.set_master_value(spec.index, values)
         if engine.stage3 is not None and engine.stage3.frozen_store is not None:
             store = engine.stage3.frozen_store
             for spec in store.layout.buffers:
-                _fill_flat(reader, spec, store.shard, store.shard_view(spec.index, store.shard), VALUES)
+                _fill_flat(reader, spec, store.shard, store.open_shard(spec.index, store.shard), VALUES)
+                store.close_shard(spec.index, dirty=True)
         module_tensors = {**dict(engine.module.named_parameters()), **persistent_buffers(engine.module)}
         for name, place in engine_places(engine).items():
             if place.group == WHOLE:
@@ -70,7 +73,8 @@ def _load_optimizer_state(engine, reader: CheckpointReader, rank_state: dict) ->
         for spec, master in zip(optimizer.layout.buffers, optimizer.master):
             entry = {key: value.clone() if torch.is_tensor(value) else value for key, value in scalars.items()}
             for key in keys["elementwise"]:
-                entry[key] = torch.zeros_like(master)
+                entry[key] = torch.zeros(master.shape, dtype=master.dtype,  # a master may be a meta placeholder
+                                         device="cpu" if master.is_meta else master.device)
                 _fill_flat(reader, spec, optimizer.shard, entry[key], key)
             state[spec.index] = entry
     new_groups = [{**saved, "params": group_index_list(optimizer, group)} for saved, group in zip(saved_groups, groups)]

@@ -29,11 +29,13 @@ _DIGEST_BYTES = 32
 
 
 def _split_state(optimizer) -> tuple[list[dict], dict]:
-    """Per-buffer optimizer state as compact copies; keys sorted into elementwise and scalar."""
+    """Per-buffer optimizer state as compact copies; keys sorted into elementwise and scalar.
+    Read through ``state_dict()``, so state an offloaded optimizer keeps in swap files counts."""
     states, keys = [], {"elementwise": set(), "scalar": set()}
+    by_index = optimizer.optimizer.state_dict()["state"]
     for index, master in enumerate(optimizer.master):
         saved = {}
-        for key, value in optimizer.optimizer.state.get(master, {}).items():
+        for key, value in by_index.get(index, {}).items():
             if torch.is_tensor(value) and value.shape == master.shape and value.numel() > 1:
                 keys["elementwise"].add(key)
             else:
@@ -41,6 +43,13 @@ def _split_state(optimizer) -> tuple[list[dict], dict]:
             saved[key] = value.detach().clone() if torch.is_tensor(value) else value
         states.append(saved)
     return states, {kind: sorted(names) for kind, names in keys.items()}
+
+
+def _shard_copy(store, index: int) -> torch.Tensor:
+    shard = store.open_shard(index, store.shard)
+    copy = shard.detach().clone()
+    store.close_shard(index, dirty=False)
+    return copy
 
 
 def _param_groups(optimizer) -> list[dict]:
@@ -54,11 +63,11 @@ def _rank_payload(engine, client_state) -> tuple[dict, dict]:
     if rank < optimizer.layout.num_shards:  # stage 0 keeps one copy: rank 0 writes it
         states, state_keys = _split_state(optimizer)
         # clone(): a slice saved as-is would drag its whole flat buffer into the file
-        groups[TRAINABLE] = {"values": [m.detach().clone() for m in optimizer.master], "state": states}
+        groups[TRAINABLE] = {"values": [optimizer.master_value(i).detach().clone() for i in range(len(optimizer.master))],
+                             "state": states}
     if engine.stage3 is not None and engine.stage3.frozen_store is not None:
         store = engine.stage3.frozen_store
-        groups[FROZEN] = {"values": [store.shard_view(spec.index, store.shard).detach().clone()
-                                     for spec in store.layout.buffers]}
+        groups[FROZEN] = {"values": [_shard_copy(store, spec.index) for spec in store.layout.buffers]}
     whole = {}
     if rank == 0:
         module_tensors = {**dict(engine.module.named_parameters()), **dict(engine.module.named_buffers())}

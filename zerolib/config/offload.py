@@ -30,9 +30,12 @@ class OffloadTarget(StrictModel):
 
 class OffloadOptimizerConfig(OffloadTarget):
     """`zero_optimization.offload_optimizer`: optimizer states and step on the CPU
-    (ZeRO-Offload)."""
+    (ZeRO-Offload); with nvme, the fp32 masters, Adam moments and gradients in swap files,
+    one `sub_group_size` sub-group in memory at a time (ZeRO-Infinity)."""
 
-    buffer_count: Count = described(4, "Buffers for the nvme swap pipeline.", ge=1)
+    buffer_count: Count = described(
+        4, "Sub-groups in memory at once with nvme (each pool buffer holds one; 3 overlap the "
+        "next read and the last write with the step).", ge=1)
     ratio: float = described(
         1.0, "Fraction of the optimizer step run on the CPU (ZeRO-Offload++).", gt=0, le=1
     )
@@ -40,12 +43,17 @@ class OffloadOptimizerConfig(OffloadTarget):
 
 
 class OffloadParamConfig(OffloadTarget):
-    """`zero_optimization.offload_param`: stage-3 parameters held on the CPU or NVMe."""
+    """`zero_optimization.offload_param`: stage-3 parameter shards held on the CPU or NVMe,
+    fetched ahead of use by the ZeRO-3 prefetcher."""
 
-    buffer_count: Count = described(5, "Buffers for the nvme parameter swap.", ge=1)
-    buffer_size: Count = described(100_000_000, "Elements per nvme swap buffer.", ge=1)
+    buffer_count: Count = described(
+        5, "Parameter shards in memory at once with nvme (being read ahead, gathered or written).", ge=1)
+    buffer_size: Count = described(
+        100_000_000, "Elements a swap buffer can hold: the largest shard sent to nvme must fit "
+        "(buffers are sized to that shard).", ge=1)
     max_in_cpu: Count = described(
-        1_000_000_000, "Elements kept in CPU memory when offloading to nvme."
+        1_000_000_000, "With nvme, parameter elements kept in CPU memory instead, in buffer order "
+        "(DeepSpeed's meaning; 0 sends every partitioned shard to nvme)."
     )
 
 

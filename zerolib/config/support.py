@@ -19,10 +19,6 @@ class Unimplemented(NamedTuple):
 
 # One row per feature; delete the row when the feature lands.
 UNIMPLEMENTED: tuple[Unimplemented, ...] = (
-    Unimplemented("zero_optimization.offload_param.device",
-                  lambda c: c.zero_optimization.offload_param.device == "nvme",
-                  "parameter offload to nvme is not implemented yet in this version; use \"cpu\" "
-                  "or \"none\""),
     Unimplemented("zero_optimization.zero_quantized_nontrainable_weights",
                   lambda c: c.zero_optimization.zero_quantized_nontrainable_weights,
                   "quantized frozen weights are not implemented yet in this version"),

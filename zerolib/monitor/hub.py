@@ -77,7 +77,7 @@ class MonitorHub:
             tokens_per_second=tokens / seconds if tokens and seconds > 0 else None,
             params_bytes=memory["params"], grads_bytes=memory["grads"], master_bytes=memory["master"],
             optimizer_state_bytes=memory["optimizer_state"], comm_buffers_bytes=memory["comm_buffers"],
-            hpz_secondary_bytes=memory["hpz_secondary"],
+            hpz_secondary_bytes=memory["hpz_secondary"], swap_buffers_bytes=memory["swap_buffers"],
             rss_bytes=self._process.memory_info().rss,
             forward_seconds=phase["forward"], backward_seconds=phase["backward"],
             optimizer_seconds=phase["step"], comm_seconds=comm_seconds)

@@ -8,7 +8,7 @@ import torch
 # Names of the columns the CSV monitor writes and `zerolib plot` reads, in order.
 FIELDS = ("step", "loss", "lr", "loss_scale", "grad_norm", "step_seconds", "tokens_per_second",
           "params_bytes", "grads_bytes", "master_bytes", "optimizer_state_bytes", "comm_buffers_bytes",
-          "hpz_secondary_bytes", "rss_bytes",
+          "hpz_secondary_bytes", "swap_buffers_bytes", "rss_bytes",
           "forward_seconds", "backward_seconds", "optimizer_seconds", "comm_seconds")
 
 
@@ -30,6 +30,7 @@ class StepMetrics:
     optimizer_state_bytes: int
     comm_buffers_bytes: int
     hpz_secondary_bytes: int
+    swap_buffers_bytes: int
     rss_bytes: int
     forward_seconds: float
     backward_seconds: float

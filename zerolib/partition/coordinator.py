@@ -10,13 +10,15 @@ releases it. Backward: a hook on each output tensor gathers the unit again just 
 backward runs; the gradient reducer releases a buffer once all its gradients are reduced.
 
 Prefetch: the order in which units are fetched is recorded on the first iteration; later
-iterations gather up to ``prefetch_numel`` elements ahead of use along that trace. If the
+iterations gather up to ``prefetch_numel`` elements ahead of use along that trace, and start
+reading the shards of the unit after those from their swap files (offload_param nvme). If the
 order changes (another branch), prefetching stops for that iteration and the new order is
 recorded: gathers fall back to on demand, and every rank still issues the same collectives
 as long as all ranks run the same modules.
 """
 from __future__ import annotations
 
+import contextlib
 import enum
 import functools
 from dataclasses import dataclass
@@ -104,6 +106,18 @@ def _output_tensors(output):
     elif isinstance(output, dict):
         for item in output.values():
             yield from _output_tensors(item)
+
+
+@dataclass(frozen=True)
+class SavedView:
+    """What autograd keeps of a tensor that lives in a gathered buffer: where it is, not its
+    memory (see ParamCoordinator.saved_tensors_by_reference)."""
+
+    store: PartitionedParams
+    index: int
+    offset: int
+    size: tuple[int, ...]
+    stride: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -250,20 +264,31 @@ class ParamCoordinator:
 
     def _prefetch(self, trace: list[int]) -> None:
         """Gathers ahead along the trace: always the next unit (as FSDP2 does, so a budget under
-        one block still overlaps), then more while the prefetch budget and max-live allow."""
+        one block still overlaps), then more while the prefetch budget and max-live allow. With
+        offload_param nvme, the reads of those units' shards and of the unit after them are
+        started first, so that they run while the gathers wait for the first of them, and the
+        next unit's shards are in memory by the time it is gathered, one fetch later."""
         budget = self.policy.prefetch_numel
-        if budget <= 0:
-            return
-        for ahead, unit_index in enumerate(trace[self._position:]):
-            unit = self.units[unit_index]
+        upcoming = [self.units[i] for i in trace[self._position:]]
+        to_gather, live = [], self.live_numel()
+        for ahead, unit in enumerate(upcoming if budget > 0 else []):
             missing = [r for r in unit.refs if not (r.store.is_available(r.index) or r.store.is_pending(r.index))]
             size = sum(r.store.layout.buffers[r.index].padded_numel for r in missing)
-            if (size > budget and ahead > 0) or self.live_numel() + size > self.policy.max_live_numel:
-                return
-            budget -= min(size, budget)
+            if (size > budget and ahead > 0) or live + size > self.policy.max_live_numel:
+                break
+            budget, live = budget - min(size, budget), live + size
+            to_gather.append(missing)
+        for unit in upcoming[:len(to_gather) + 1]:
+            self._read_ahead(unit)
+        for missing in to_gather:
             for ref in missing:
                 ref.store.start_gather(ref.index, training=True)
             self._note_live()
+
+    @staticmethod
+    def _read_ahead(unit: Unit) -> None:
+        for ref in unit.refs:
+            ref.store.prefetch_shard(ref.index)
 
     def _reused_soon(self, unit: Unit) -> bool:
         """Whether the recorded trace uses ``unit`` again within ``max_reuse_distance`` elements."""
@@ -285,6 +310,31 @@ class ParamCoordinator:
 
     def _note_live(self) -> None:
         self.peak_live_numel = max(self.peak_live_numel, self.live_numel())
+
+    # -- what autograd saves ---------------------------------------------------------------
+    @contextlib.contextmanager
+    def saved_tensors_by_reference(self):
+        """Forward under this context: autograd saves a tensor that lives in a gathered buffer
+        (a weight, or a view such as ``weight.t()`` that ``F.linear`` saves) as a
+        :class:`SavedView`. Saved as a tensor, it would keep the whole gathered buffer alive
+        from forward to backward after the unit's release, every unit at once; by reference,
+        backward reads it from the buffer its pre-backward gather brought back."""
+        with torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack):
+            yield
+
+    def _pack(self, tensor: torch.Tensor):
+        for store in self._stores:
+            index = store.buffer_holding(tensor)
+            if index is not None:
+                return SavedView(store, index, tensor.storage_offset(), tuple(tensor.size()), tuple(tensor.stride()))
+        return tensor
+
+    @staticmethod
+    def _unpack(saved):
+        if not isinstance(saved, SavedView):
+            return saved
+        saved.store.wait_gather(saved.index)  # gathered already by the unit's pre-backward hook
+        return saved.store.full_buffer(saved.index).as_strided(saved.size, saved.stride, saved.offset)
 
     # -- whole-model access -----------------------------------------------------------------
     def gather_all(self) -> None:

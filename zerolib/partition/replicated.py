@@ -75,6 +75,13 @@ class ReplicatedParams:
         lo, hi = self.layout.buffers[buffer_index].shard_range(shard)
         return self.buffers[buffer_index][lo:hi]
 
+    def open_shard(self, buffer_index: int, shard: int, *, read: bool = True) -> torch.Tensor:
+        """Slice ``shard`` of the buffer (always resident here; see PartitionedParams)."""
+        return self.shard_view(buffer_index, shard)
+
+    def close_shard(self, buffer_index: int, *, dirty: bool = False) -> None:
+        pass
+
     def publish(self, shard: int) -> None:
         """All-gathers each buffer from the owners' updated slices (see ``defer_publish``)."""
         if self.layout.num_shards == 1:

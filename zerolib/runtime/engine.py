@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import weakref
+import contextlib
 from contextlib import contextmanager
 
 import torch
@@ -9,7 +11,8 @@ import torch
 from zerolib.comm import CommContext
 from zerolib.config import ZeroConfig, load_config
 from zerolib.monitor import MonitorHub
-from zerolib.offload import offload_optimizer_factory
+from zerolib.offload import ParamSwapFactory, SharedFileIO, offload_optimizer_factory
+from zerolib.offload.factory import aio_settings
 from zerolib.partition.materialize import MetaMaterializer, is_on_meta
 from zerolib.partition.replicated import ReplicatedParams, install_forward_waits
 from zerolib.runtime.lr_schedules import build_schedule
@@ -66,6 +69,9 @@ class ZeroEngine:
             self.materializer.materialize_buffers()
         self.loss_scaler = scaler_from_config(cfg.fp16)
         self.stage3: Stage3Plan | None = None
+        # One I/O thread pool (and one set of I/O statistics) for all of this engine's swap files.
+        self.swap_io = SharedFileIO(aio_settings(cfg))
+        weakref.finalize(self, self.swap_io.close)  # swap files go with the engine
         self.optimizer = self._build_zero_optimizer(trainable, fp32_values) if cfg.optimizer else None
         self._broadcast_unpartitioned_state()
         self.lr_scheduler = build_schedule(cfg.scheduler, self.optimizer.optimizer) if self.optimizer else None
@@ -126,7 +132,8 @@ class ZeroEngine:
         self.comm.scratch.max_idle_bytes = 0 if zero.stage == 3 else 12 * settings.bucket_numel
         make_optimizer = lambda tensors: build_optimizer(cfg.optimizer, tensors)  # noqa: E731
         if zero.offload_optimizer.device != "none":  # ZeRO-Offload: see zerolib/offload
-            make_optimizer = offload_optimizer_factory(cfg, self.comm.rank, make_device_optimizer=make_optimizer)
+            make_optimizer = offload_optimizer_factory(cfg, self.comm.rank, make_device_optimizer=make_optimizer,
+                                                       io=self.swap_io)
         if zero.stage < 3:
             optimizer = ZeroOptimizer(trainable, self.comm, settings, make_optimizer=make_optimizer,
                                       fp32_values=fp32_values, loss_scaler=self.loss_scaler)
@@ -134,11 +141,14 @@ class ZeroEngine:
                 install_forward_waits(self.module, optimizer.store)
                 self.module.register_state_dict_pre_hook(lambda *args, **kwargs: optimizer.wait_for_parameters())
             return optimizer
-        offload_param = zero.offload_param  # cpu: shards live on the host between gathers
+        offload_param = zero.offload_param  # cpu: shards live on the host between gathers; nvme: in files
+        offloaded = offload_param.device != "none"
         self.stage3 = plan = plan_stage3(self.module, self.comm, settings, self.dtype, fill=self.materializer,
                                           verify_order=cfg.comm.verify_module_order,
-                                          shard_device=torch.device("cpu") if offload_param.device == "cpu" else None,
+                                          shard_device=torch.device("cpu") if offloaded else None,
                                           pin_memory=offload_param.pin_memory,
+                                          shard_swap=ParamSwapFactory(cfg, self.comm.rank, self.swap_io)
+                                          if offload_param.device == "nvme" else None,
                                           fill_shard=self.materializer.fill_shard if self.materializer else None)
         if self.materializer is not None:
             self.materializer.materialize_remaining()
@@ -177,7 +187,10 @@ class ZeroEngine:
 
     def forward(self, *args, **kwargs):
         self.monitor.note_forward(args, kwargs)
-        with self.timers.phase("forward"):
+        # stage 3: gathered weights are saved for backward by reference, so releasing a unit
+        # after its forward really frees its memory (see ParamCoordinator)
+        saving = self.stage3.coordinator.saved_tensors_by_reference() if self.stage3 else contextlib.nullcontext()
+        with self.timers.phase("forward"), saving:
             return self.module(*args, **kwargs)
 
     def backward(self, loss: torch.Tensor) -> None:
@@ -314,9 +327,10 @@ class ZeroEngine:
         full = store.full_buffer(index)
         self.comm.broadcast(full, modifier_rank)
         lo, hi = store.layout.buffers[index].shard_range(self.optimizer.shard)
-        shard = store.shard_view(index, self.optimizer.shard)
+        shard = store.open_shard(index, self.optimizer.shard, read=False)
         if shard.data_ptr() != full[lo:hi].data_ptr():
             shard.copy_(full[lo:hi])
+        store.close_shard(index, dirty=True)
         if trainable:
             self.optimizer.refresh_master(index)
 
@@ -333,11 +347,14 @@ class ZeroEngine:
 
     def memory_breakdown(self) -> dict[str, int]:
         """Bytes this rank holds per kind: params, grads, master, optimizer_state (the model
-        states), comm_buffers (receive buffers kept for reuse by the collectives) and
-        hpz_secondary (ZeRO++ hpZ's secondary parameter shards; 0 without hpZ)."""
+        states), comm_buffers (receive buffers kept for reuse by the collectives),
+        hpz_secondary (ZeRO++ hpZ's secondary parameter shards; 0 without hpZ) and swap_buffers
+        (the nvme offload pools that swapped state passes through; 0 without nvme)."""
         held = dict(self.optimizer.storage_by_kind())
         held["comm_buffers"] = self.comm.scratch.storage()
         held["hpz_secondary"] = self.stage3.secondary_storage() if self.stage3 is not None else []
+        if self.stage3 is not None and self.stage3.frozen_store is not None:
+            held["swap_buffers"] = held["swap_buffers"] + self.stage3.frozen_store.swap_buffers()
         return unique_storage_bytes(held)
 
     # -- checkpoints (zerolib.checkpoint; imported here so the engine does not depend on it) --

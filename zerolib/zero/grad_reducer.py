@@ -55,6 +55,9 @@ class GradientReducer:
         self.ordered_launch = stage < 3
         self.on_reduced = on_reduced
         self.check_fresh = check_fresh
+        # Offload to nvme: an object that takes the reduced gradient shards of the buffers it
+        # accepts (zerolib.offload.SwappedGradients: into swap files) instead of them being kept.
+        self.sink = None
         self.shard = comm.rank if layout.num_shards > 1 else 0
         param_dtype = next(iter(params.values())).dtype
         device = next(iter(params.values())).device
@@ -152,9 +155,10 @@ class GradientReducer:
         self._in_flight.append(_InFlight(index, pending, reduced, bucket, reduced_is_scratch=is_scratch))
 
     def _bound_in_flight(self) -> None:
-        """Stage 2 holds at most MAX_BUCKETS_IN_FLIGHT buckets under reduction: a new bucket
-        first waits for the oldest, so gradient memory stays near reduce_bucket_size."""
-        while self.stage == 2 and len(self._in_flight) >= MAX_BUCKETS_IN_FLIGHT:
+        """Stages 2-3 hold at most MAX_BUCKETS_IN_FLIGHT buckets under reduction: a new bucket
+        first waits for the oldest, so gradient memory stays near reduce_bucket_size (stage 3:
+        a few units' buckets, not one per unit until backward ends)."""
+        while self.stage >= 2 and len(self._in_flight) >= MAX_BUCKETS_IN_FLIGHT:
             self._retire(self._in_flight.pop(0))
 
     def _retire(self, item: _InFlight) -> None:
@@ -176,9 +180,12 @@ class GradientReducer:
         if self.stage < 2 and bucket.data_ptr() == self.full_grads[spec.index].data_ptr():
             lo, hi = spec.shard_range(self.shard)
             return bucket[lo:hi], False  # this rank's slice of its own full buffer
-        if self.grad_shards[spec.index] is None and self.comm_dtype == torch.float32:
+        if self.grad_shards[spec.index] is None and self.comm_dtype == torch.float32 and not self._sinks(spec.index):
             return self._shard_storage(spec), False
         return self.comm.scratch.take(spec.shard_numel, bucket.dtype, bucket.device), True
+
+    def _sinks(self, index: int) -> bool:
+        return self.sink is not None and self.sink.accepts(index)
 
     def _shard_storage(self, spec: BufferSpec) -> torch.Tensor:
         """The fp32 gradient shard of a buffer, kept across steps (refilling it beats a fresh
@@ -215,6 +222,9 @@ class GradientReducer:
             shard.mul_(scale)
             self.grad_shards[spec.index] = shard
             return
+        if self._sinks(spec.index):
+            self.sink.accumulate(spec.index, reduced, scale, final=self._boundary)
+            return
         kept = self._kept_shards[spec.index]
         if kept is not None and reduced.data_ptr() == kept.data_ptr():
             self.grad_shards[spec.index] = kept.mul_(scale)
@@ -230,6 +240,8 @@ class GradientReducer:
             for buffer in self.full_grads:
                 buffer.zero_()
         self.grad_shards = [None] * len(self.layout.buffers)
+        if self.sink is not None:
+            self.sink.reset()
 
     def storage(self) -> list[torch.Tensor]:
         """Every gradient tensor currently held, for memory accounting."""

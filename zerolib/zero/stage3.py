@@ -9,7 +9,9 @@ gather into both stores and a quantized reduce-scatter into the gradient reducer
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -18,7 +20,7 @@ from zerolib.comm import CommContext
 from zerolib.partition.coordinator import (BufferRef, GatherPolicy, ParamCoordinator, Unit,
                                            assign_params_to_units, find_unit_modules)
 from zerolib.partition.layout import FlatLayout
-from zerolib.partition.partitioned import FillFn, PartitionedParams, ShardFillFn
+from zerolib.partition.partitioned import FillFn, PartitionedParams, ShardFillFn, ShardSwap
 from zerolib.zero.optimizer import ZeroSettings
 from zerolib.utils.logging import get_logger
 from zerolib.zero.zeropp import describe, gradient_reduce_scatter_for, weight_gather_for
@@ -48,12 +50,18 @@ def _groups_by_unit(names: list[str], params: dict[str, nn.Parameter], owner: di
     return groups
 
 
+def _tagged(shard_swap, tag: str):
+    return functools.partial(shard_swap, tag=tag) if shard_swap is not None else None
+
+
 def plan_stage3(module: nn.Module, comm: CommContext, settings: ZeroSettings, dtype: torch.dtype,
                 fill: FillFn | None = None, verify_order: bool = True, shard_device: torch.device | None = None,
-                pin_memory: bool = False, fill_shard: ShardFillFn | None = None) -> Stage3Plan:
+                pin_memory: bool = False, fill_shard: ShardFillFn | None = None,
+                shard_swap: Callable[[dict[int, int], torch.dtype, str], ShardSwap | None] | None = None) -> Stage3Plan:
     """Partitions ``module``'s parameters (already on the device, in ``dtype``); ``shard_device``
-    and ``pin_memory`` place the shards for offload_param; ``fill`` and ``fill_shard`` give
-    a meta-device model its values (see PartitionedParams)."""
+    and ``pin_memory`` place the shards for offload_param, and ``shard_swap(numels, dtype, tag)``
+    (offload_param nvme) gives each store (tag "trainable" or "frozen") its swap files;
+    ``fill`` and ``fill_shard`` give a meta-device model its values (see PartitionedParams)."""
     # Every rank builds the ZeRO++ pieces in this same order: they create process groups.
     zeropp = settings.zeropp
     placement = dict(shard_device=shard_device, pin_memory=pin_memory, fill_shard=fill_shard)
@@ -74,7 +82,8 @@ def plan_stage3(module: nn.Module, comm: CommContext, settings: ZeroSettings, dt
     trainable = {n: params[n] for n in persistent + sharded}
     store = PartitionedParams(layout, trainable, comm, dtype=dtype, fill=fill,
                               replicated=frozenset(range(len(persistent_groups))),
-                              training_gather=weight_gather_for(comm, zeropp), **placement)
+                              training_gather=weight_gather_for(comm, zeropp),
+                              make_shard_swap=_tagged(shard_swap, "trainable"), **placement)
     unit_buffer = {}
     next_index = len(persistent_groups)
     for unit_index, group in enumerate(unit_groups):
@@ -87,7 +96,8 @@ def plan_stage3(module: nn.Module, comm: CommContext, settings: ZeroSettings, dt
     if frozen:
         frozen_layout = FlatLayout([g for g in frozen_groups if g], comm.world_size, align=align)
         frozen_store = PartitionedParams(frozen_layout, {n: params[n] for n in frozen}, comm, dtype=dtype, fill=fill,
-                                         training_gather=weight_gather_for(comm, zeropp), **placement)
+                                         training_gather=weight_gather_for(comm, zeropp),
+                                         make_shard_swap=_tagged(shard_swap, "frozen"), **placement)
         frozen_buffer = {u: i for i, u in enumerate(u for u, g in enumerate(frozen_groups) if g)}
 
     units = []
