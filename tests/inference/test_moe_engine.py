@@ -6,16 +6,21 @@ twice, so the second call reads shared prefixes from the prefix KV cache. Tolera
 reordering (1e-5 on log-probabilities; packing, prefix caching and expert dispatch change only
 the order of sums).
 """
+import os
+
 import pytest
 import torch
 
 from support.moe_models import MODEL_KINDS, build_model, reference_answers, workload
+from zerolib.offload.aio import round_up
 
 MODES = ("async_ep", "sync_gather", "dp_ep", "reference")
 WORLD_SIZES = (2, 4)
 # (model, case name) -> the moe_prefill block: every mode, plus AsyncEP with its shards in host memory
 CASES = {**{(kind, mode): {"mode": mode, "row_tokens": 48} for kind in MODEL_KINDS for mode in MODES},
-         ("moe_gpt", "async_ep offload cpu"): {"mode": "async_ep", "row_tokens": 48, "offload": {"device": "cpu"}}}
+         ("moe_gpt", "async_ep offload cpu"): {"mode": "async_ep", "row_tokens": 48, "offload": {"device": "cpu"}},
+         ("qwen3_moe", "async_ep offload nvme"): {"mode": "async_ep", "row_tokens": 48,
+                                                 "offload": {"device": "nvme", "nvme_path": "TMP", "window": 1}}}
 
 
 def _layer_bytes(engine) -> int:
@@ -26,9 +31,14 @@ def run_grid() -> dict:
     """On every rank: each (model, mode) engine's answers and what it held and sent."""
     from zerolib.inference import MoEPrefillEngine
 
+    import tempfile
+
     out = {}
+    swap_dir = tempfile.mkdtemp(prefix="moe_nvme_")
     for (kind, case), block in CASES.items():
         mode = block["mode"]
+        if block.get("offload", {}).get("nvme_path") == "TMP":
+            block = {**block, "offload": {**block["offload"], "nvme_path": swap_dir}}
         engine = MoEPrefillEngine(build_model(kind), {"moe_prefill": block})
         engine.comm.ledger.reset()
         first = engine.score(workload())
@@ -40,10 +50,12 @@ def run_grid() -> dict:
             "layer_bytes": _layer_bytes(engine), "moe_layers": len(experts),
             "resting_bytes": engine.placement.resting_bytes() if engine.placement else 0,
             "param_numels": [sum(p.numel() for _, p in layer.params()) for layer in experts],
-            "full_numels": [sum(layer.numels) for layer in experts],
+            "full_numels": [sum(layer.numels) for layer in experts], "kind_numels": experts[0].numels,
             "peak_live": engine.placement.coordinator.peak_live_numel if mode in ("async_ep", "sync_gather") else 0,
+            "swap_files": len(os.listdir(swap_dir)),
         }
         engine.close()
+        out[(kind, case)]["swap_files_after_close"] = len(os.listdir(swap_dir))
     return out
 
 
@@ -108,6 +120,16 @@ def test_dp_ep_keeps_its_experts_and_moves_tokens_by_two_all_to_alls_per_layer(w
         a2a = rank["comm"]["all_to_all"]
         assert a2a["calls"] == rank["passes"] * rank["moe_layers"] * 3, "counts, dispatch, combine per layer"
         assert "all_gather" not in rank["comm"], "DP+EP never gathers weights"
+
+
+def test_nvme_tier_keeps_expert_shards_in_swap_files_and_removes_them():
+    for world_size in WORLD_SIZES:
+        rank = GRID.rank_results(world_size, "qwen3_moe", "async_ep offload nvme")[0]
+        partitioned = rank["moe_layers"] - 1
+        pool = [3 * round_up(numel // world_size * 4) for numel in rank["kind_numels"]]  # window 1 + 2 buffers
+        assert rank["swap_files"] == 2 * partitioned, "one swap file per expert tensor kind and layer"
+        assert rank["resting_bytes"] == sum(pool), "in memory: only the read pool, no shard"
+        assert rank["swap_files_after_close"] == 0, "close() removes the swap files"
 
 
 def test_reference_mode_moves_no_weights():

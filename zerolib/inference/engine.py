@@ -30,6 +30,7 @@ from zerolib.inference.packing import pack
 from zerolib.inference.prefix_cache import PlannedRequest, PrefixKVCache
 from zerolib.inference.requests import Limits, parse_requests
 from zerolib.inference.settings import PrefillConfig, load_prefill_config
+from zerolib.offload.aio import AioSettings, SharedFileIO
 from zerolib.utils.logging import get_logger
 
 logger = get_logger(__name__)
@@ -70,7 +71,8 @@ class MoEPrefillEngine:
         self._check_same_weights()
         self.flops_rate = self._measure_flops_rate()
         self.placement = self._place_experts()
-        self.t_ep = time_layer_gather(self.comm, self.model.experts[0].numels, self.model.dtype)
+        self.t_ep = max(time_layer_gather(self.comm, self.model.experts[0].numels, self.model.dtype),
+                        self._slowest(self.placement.read_seconds() if self.placement is not None else 0.0))
         self.threshold = settings.threshold_flops or self.t_ep * self.flops_rate * settings.gamma
         self._run_pass([_idle_request()], keep=False)  # records the layer order: the next pass prefetches
         if self.rank == 0:
@@ -115,17 +117,21 @@ class MoEPrefillEngine:
 
     def _place_experts(self):
         mode, offload = self.settings.mode, self.settings.offload
-        if offload.device == "nvme":
-            raise ConfigError("moe_prefill.offload.device", "'nvme' is not implemented yet; use 'cpu' or 'none'")
         if offload.device != "none" and mode not in ("async_ep", "sync_gather"):
             raise ConfigError("moe_prefill.offload.device", f"offloads the shards that async_ep and sync_gather "
                                                             f"gather; mode '{mode}' has none")
-        shard_device = "cpu" if offload.device == "cpu" else None
         if mode in ("async_ep", "sync_gather"):
-            return GatheredExperts(self.model, self.comm, prefetch=mode == "async_ep", shard_device=shard_device)
+            return GatheredExperts(self.model, self.comm, prefetch=mode == "async_ep", offload=offload,
+                                   io=SharedFileIO(AioSettings()))
         if mode == "dp_ep":
             return ExpertParallel(self.model, self.comm)
         return None
+
+    def _slowest(self, seconds: float) -> float:
+        """The largest of every rank's ``seconds``."""
+        value = torch.tensor([seconds], dtype=torch.float64)
+        self.comm.all_reduce(value, dist.ReduceOp.MAX)
+        return float(value.item())
 
     # -- scoring ----------------------------------------------------------------------------
     def _limits(self) -> Limits:

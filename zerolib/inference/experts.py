@@ -24,18 +24,19 @@ import torch
 from zerolib.comm import CommContext
 from zerolib.comm.scratch import ScratchPool
 from zerolib.config.errors import ConfigError
-from zerolib.inference.adapters import ExpertsModule, PrefillModel
+from zerolib.inference.adapters import PrefillModel
+from zerolib.offload.swapper import SubGroupSwapper
 from zerolib.partition.coordinator import BufferRef, GatherPolicy, ParamCoordinator, Unit
 from zerolib.partition.layout import FlatLayout
 from zerolib.partition.partitioned import PartitionedParams
 
 
-def _copy_own_rows(param: torch.nn.Parameter):
-    """A PartitionedParams ``fill_shard`` that copies this rank's slice from the (still whole)
-    parameter, so building the shards needs no broadcast."""
-    flat = param.detach().reshape(-1)
-
+def _copy_own_rows(params: dict[str, torch.nn.Parameter]):
+    """A PartitionedParams ``fill_shard`` that copies this rank's slice of each buffer's one
+    (still whole) parameter, so building the shards needs no broadcast."""
     def fill(spec, lo, hi, shard) -> bool:
+        (slot,) = spec.slots
+        flat = params[slot.name].detach().reshape(-1)
         real = max(0, min(hi, flat.numel()) - lo)
         shard[:real].copy_(flat[lo:lo + real])
         return True
@@ -43,36 +44,81 @@ def _copy_own_rows(param: torch.nn.Parameter):
 
 
 class GatheredExperts:
-    """Experts partitioned by index and gathered per layer by the ZeRO-3 coordinator."""
+    """Experts partitioned by index and gathered per layer by the ZeRO-3 coordinator.
 
-    def __init__(self, model: PrefillModel, comm: CommContext, *, prefetch: bool, shard_device=None):
+    One store per kind of expert tensor (``gate_up_proj``, ``down_proj``, ...) holds one buffer
+    per partitioned layer; a layer is a coordinator unit whose refs are its buffer in each store.
+    With ``offload.device`` nvme each store's shards live in swap files, and the coordinator
+    starts reading ``offload.window`` layers ahead of the gather, into a pool of ``window + 2``
+    buffers per store (reading, gathering, and one in flight between them).
+    """
+
+    def __init__(self, model: PrefillModel, comm: CommContext, *, prefetch: bool, offload=None, io=None):
         self.comm = comm
         self.pool = ScratchPool()
         self.layers = model.experts[1:] if comm.distributed else []
-        self.stores: list[list[PartitionedParams]] = [self._partition(layer, shard_device) for layer in self.layers]
+        window = offload.window if offload is not None and offload.device == "nvme" else 1
+        self.stores = self._partition(offload, io, window)
         units = [Unit(0, "trunk", model.trunk, ())]
-        for index, (layer, stores) in enumerate(zip(self.layers, self.stores), start=1):
-            units.append(Unit(index, layer.name, layer.module, tuple(BufferRef(store, 0) for store in stores)))
+        for index, layer in enumerate(self.layers):
+            units.append(Unit(index + 1, layer.name, layer.module,
+                              tuple(BufferRef(store, index) for store in self.stores.values())))
         layer_numel = max((unit.numel for unit in units[1:]), default=0)
         policy = GatherPolicy(prefetch_numel=layer_numel if prefetch else 0, max_live_numel=2 * layer_numel,
-                              max_reuse_distance=0)
+                              max_reuse_distance=0, read_ahead_units=window)
         self.coordinator = ParamCoordinator(units, policy, comm, verify_order=False)
 
-    def _partition(self, layer: ExpertsModule, shard_device) -> list[PartitionedParams]:
-        stores = []
-        for name, param in layer.params():
-            layout = FlatLayout([[(name, param.shape)]], self.comm.world_size, align=param[0].numel())
-            stores.append(PartitionedParams(layout, {name: param}, self.comm, dtype=param.dtype,
-                                            fill_shard=_copy_own_rows(param), full_pool=self.pool,
-                                            shard_device=shard_device))
+    def _partition(self, offload, io, window: int) -> dict[str, PartitionedParams]:
+        by_kind: dict[str, list[tuple[str, torch.nn.Parameter]]] = {}
+        for layer in self.layers:
+            for kind, param in layer.module.named_parameters(recurse=False):
+                by_kind.setdefault(kind, []).append((f"{layer.name}.{kind}", param))
+        stores = {}
+        for kind, named in by_kind.items():
+            shapes = {param.shape for _, param in named}
+            if len(shapes) > 1:
+                raise ValueError(f"experts tensor '{kind}' has different shapes across MoE layers ({sorted(shapes)}): "
+                                 f"AsyncEP gathers every layer into the same buffers")
+            layout = FlatLayout([[(name, param.shape)] for name, param in named], self.comm.world_size,
+                                align=named[0][1][0].numel())
+            params = dict(named)
+            stores[kind] = PartitionedParams(layout, params, self.comm, dtype=named[0][1].dtype,
+                                             fill_shard=_copy_own_rows(params), full_pool=self.pool,
+                                             shard_device="cpu" if offload is not None and offload.device == "cpu"
+                                             else None, make_shard_swap=self._swap_maker(offload, io, window, kind))
         return stores
 
+    def _swap_maker(self, offload, io, window: int, kind: str):
+        if offload is None or offload.device != "nvme":
+            return None
+
+        def make(numels: dict[int, int], dtype: torch.dtype) -> SubGroupSwapper:
+            return SubGroupSwapper(offload.nvme_path, self.comm.rank, f"experts_{kind}", numels, tensors_per_group=1,
+                                   dtype=dtype, buffer_count=window + 2, aio=io.settings, io=io,
+                                   pin_memory=offload.pin_memory, buffer_key="moe_prefill.offload.window")
+        return make
+
+    def read_seconds(self) -> float:
+        """Seconds to read one layer's shards from the swap files (0 when they are in memory)."""
+        if not self.layers or all(store.swap is None for store in self.stores.values()):
+            return 0.0
+        start = time.perf_counter()
+        for store in self.stores.values():
+            store.open_shard(0)
+            store.close_shard(0)
+        return time.perf_counter() - start
+
     def resting_bytes(self) -> int:
-        """Bytes of expert shards this rank holds between passes."""
-        return sum(s.numel() * s.element_size() for stores in self.stores for store in stores for s in store.shards)
+        """Bytes of expert shards this rank holds in memory between passes (swap pools included)."""
+        tensors = [s for store in self.stores.values() for s in store.shards if s is not None]
+        tensors += [b for store in self.stores.values() for b in store.swap_buffers()]
+        return sum(t.numel() * t.element_size() for t in tensors)
 
     def close(self) -> None:
         self.coordinator.remove_hooks()
+        for store in self.stores.values():
+            if store.swap is not None:
+                store.swap.close()
 
 
 class ExpertParallel:
@@ -140,6 +186,9 @@ class ExpertParallel:
 
     def resting_bytes(self) -> int:
         return 0  # the experts' own (local) rows are part of the model's parameters
+
+    def read_seconds(self) -> float:
+        return 0.0  # nothing is read from swap files
 
     def close(self) -> None:
         for handle in self._hooks:

@@ -21,7 +21,8 @@ class ExpertOffload(OffloadTarget):
     """`moe_prefill.offload`: where each rank's expert shards rest between gathers (none: with
     the model)."""
 
-    window: int = described(2, "Layers of shards read ahead of the gather (the paper's k).", ge=1)
+    window: int = described(2, "With nvme: layers of shards read ahead of the gather (the paper's k); the pool "
+                                  "holds window + 2 shards per expert tensor.", ge=1)
 
 
 class MoEPrefillSettings(StrictModel):

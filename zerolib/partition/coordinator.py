@@ -11,7 +11,7 @@ backward runs; the gradient reducer releases a buffer once all its gradients are
 
 Prefetch: the order in which units are fetched is recorded on the first iteration; later
 iterations gather up to ``prefetch_numel`` elements ahead of use along that trace, and start
-reading the shards of the unit after those from their swap files (offload_param nvme). If the
+reading the shards of the unit(s) after those from their swap files (offload_param nvme). If the
 order changes (another branch), prefetching stops for that iteration and the new order is
 recorded: gathers fall back to on demand, and every rank still issues the same collectives
 as long as all ranks run the same modules.
@@ -122,11 +122,14 @@ class SavedView:
 
 @dataclass(frozen=True)
 class GatherPolicy:
-    """``stage3_prefetch_bucket_size``, ``stage3_max_live_parameters``, ``stage3_max_reuse_distance``."""
+    """``stage3_prefetch_bucket_size``, ``stage3_max_live_parameters``, ``stage3_max_reuse_distance``;
+    ``read_ahead_units``: how many units past the ones being gathered have their shards read
+    from swap files ahead (the MoE-prefill expert tier's window; ZeRO-3 reads one)."""
 
     prefetch_numel: int
     max_live_numel: int
     max_reuse_distance: int
+    read_ahead_units: int = 1
 
 
 class ParamCoordinator:
@@ -265,9 +268,9 @@ class ParamCoordinator:
     def _prefetch(self, trace: list[int]) -> None:
         """Gathers ahead along the trace: always the next unit (as FSDP2 does, so a budget under
         one block still overlaps), then more while the prefetch budget and max-live allow. With
-        offload_param nvme, the reads of those units' shards and of the unit after them are
-        started first, so that they run while the gathers wait for the first of them, and the
-        next unit's shards are in memory by the time it is gathered, one fetch later."""
+        shards in swap files, the reads of those units' shards and of ``read_ahead_units`` units
+        after them are started first, so that they run while the gathers wait for the first of
+        them, and a unit's shards are in memory by the time it is gathered."""
         budget = self.policy.prefetch_numel
         upcoming = [self.units[i] for i in trace[self._position:]]
         to_gather, live = [], self.live_numel()
@@ -278,7 +281,7 @@ class ParamCoordinator:
                 break
             budget, live = budget - min(size, budget), live + size
             to_gather.append(missing)
-        for unit in upcoming[:len(to_gather) + 1]:
+        for unit in upcoming[:len(to_gather) + self.policy.read_ahead_units]:
             self._read_ahead(unit)
         for missing in to_gather:
             for ref in missing:
