@@ -41,7 +41,7 @@ VOCAB = 1024
 def build_model(args) -> MoEGPT:
     torch.manual_seed(0)
     return MoEGPT(MoEGPTConfig(vocab_size=VOCAB, block_size=2048, n_layer=args.layers, n_head=8, n_embd=args.width,
-                               n_experts=args.experts, top_k=2, expert_hidden=2 * args.width))
+                               n_experts=args.experts, top_k=2, expert_hidden=args.expert_hidden or 2 * args.width))
 
 
 def workloads(args) -> list[tuple[str, int, int]]:
@@ -131,7 +131,8 @@ def report(result: dict, reference: dict, args) -> None:
     meta, seconds = result["meta"], result["seconds"]
     cost = meta["cost"]
     print(f"MoE GPT {meta['params'] / 1e6:.1f}M params: {args.layers} layers, width {args.width}, {args.experts} "
-          f"experts (top 2), fp32, 2 gloo ranks, 1 thread each; medians of {args.repeats} interleaved runs")
+          f"experts of width {args.expert_hidden or 2 * args.width} (top 2), fp32, 2 gloo ranks, 1 thread each; "
+          f"medians of {args.repeats} interleaved runs")
     print(f"measured at start-up: t_EP {meta['t_ep'] * 1e3:.2f} ms per layer gather, F {meta['flops_rate']:.3g} "
           f"FLOP/s, T = t_EP x F x 1.2 = {meta['threshold']:.3g} per-layer FLOPs per rank")
     rows, met_rows = [], []
@@ -179,6 +180,7 @@ def parse_args(argv):
     parser.add_argument("--width", type=int, default=512)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--experts", type=int, default=16)
+    parser.add_argument("--expert_hidden", type=int, default=None, help="default: twice the width")
     parser.add_argument("--short", type=int, default=64)
     parser.add_argument("--medium", type=int, default=256)
     parser.add_argument("--long", type=int, default=1024)
