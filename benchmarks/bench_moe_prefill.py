@@ -10,7 +10,9 @@ Workloads: short, medium and long prompts (fresh random tokens every call, so no
 cached) at several batch sizes, and a prefix-heavy classification mix (a few long shared
 prompts, short questions). Every rank builds one engine per mode over the same zerolib MoE GPT;
 modes and repeats are interleaved (the machine is shared), medians are printed. Then the router
-against least-loaded on the prefix mix (benchmarks/moe_router_bench.py's loop).
+against least-loaded on benchmarks/moe_router_bench.py's prefix-heavy mix and loop, with its
+defaults (4 waves of 96 requests over 6 prefixes of ~160 tokens, 48 cache blocks per rank, T at
+8 uncached requests per rank and round; run that script for the other settings).
 
 With ``--link-gbit G`` the two ranks talk over an emulated G Gbit/s link (benchmarks/netlink.py)
 instead of loopback, where a transfer is a memcpy paid for by the same two cores that compute.
@@ -101,11 +103,12 @@ def _bench_rank(args, link=None) -> dict | None:
             "params": sum(p.numel() for p in build_model(args).parameters())}
     router = None
     if not args.skip_router:
-        make = lambda: MoEPrefillEngine(build_model(args), {"moe_prefill": {"mode": "async_ep", "cache_blocks":  # noqa
-                                                                           args.router_cache_blocks}}, comm=comm)
-        waves = prefix_mix(args.router_waves, args.prefix_requests, 6, args.prefix_tokens, VOCAB, seed=99)
-        router = compare_routers(make, waves, routers=("prefix", "least_loaded"), repeats=args.repeats,
-                                 threshold=probe.threshold, comm=comm)
+        waves = prefix_mix(args.router_waves, args.router_per_wave, 6, args.router_prefix_tokens, VOCAB, seed=99)
+        mean_cost = statistics.mean(probe.cost.prefill(len(r["input_ids"])) for wave in waves for r in wave)
+        config = {"moe_prefill": {"mode": "async_ep", "cache_blocks": args.router_cache_blocks}}
+        router = compare_routers(lambda: MoEPrefillEngine(build_model(args), config, comm=comm), waves,
+                                 routers=("prefix", "least_loaded"), repeats=args.repeats,
+                                 threshold=args.router_round_requests * mean_cost, comm=comm)
     return {"seconds": seconds, "meta": meta, "router": router} if comm.rank == 0 else None
 
 
@@ -167,7 +170,7 @@ def report(result: dict, reference: dict, args) -> None:
         speed = {name: statistics.median(r["tokens"] / r["seconds"] for r in rs) for name, rs in runs.items()}
         flops = {name: statistics.median(r["flops"] for r in rs) for name, rs in runs.items()}
         ratio = speed["prefix"] / speed["least_loaded"]
-        print(f"router on the prefix mix ({args.router_waves} waves of {args.prefix_requests}, cache "
+        print(f"router on the prefix mix ({args.router_waves} waves of {args.router_per_wave}, cache "
               f"{args.router_cache_blocks} blocks per rank): prefix {speed['prefix']:.0f} tok/s, least-loaded "
               f"{speed['least_loaded']:.0f} tok/s = {ratio:.2f}x (goal >= 1.15x: {'met' if ratio >= 1.15 else 'MISSED'}); "
               f"computed FLOPs least-loaded / prefix {flops['least_loaded'] / flops['prefix']:.2f}x")
@@ -189,7 +192,11 @@ def parse_args(argv):
     parser.add_argument("--max_call_tokens", type=int, default=16384, help="skip batches with more tokens")
     parser.add_argument("--prefix_tokens", type=int, default=384)
     parser.add_argument("--prefix_requests", type=int, default=48)
-    parser.add_argument("--router_waves", type=int, default=3)
+    parser.add_argument("--router_waves", type=int, default=4)
+    parser.add_argument("--router_per_wave", type=int, default=96)
+    parser.add_argument("--router_prefix_tokens", type=int, default=160)
+    parser.add_argument("--router_round_requests", type=float, default=8.0,
+                        help="T for the router runs, in uncached requests per rank and round")
     parser.add_argument("--router_cache_blocks", type=int, default=48)
     parser.add_argument("--skip_router", action="store_true")
     parser.add_argument("--link-gbit", type=float, default=None,
@@ -198,7 +205,8 @@ def parse_args(argv):
     if args.quick:
         args.repeats, args.width, args.layers, args.experts = 1, 64, 2, 4
         args.short, args.medium, args.long, args.batches = 16, 32, 64, [2, 4]
-        args.prefix_tokens, args.prefix_requests, args.router_waves = 48, 8, 1
+        args.prefix_tokens, args.prefix_requests, args.router_waves, args.router_per_wave = 48, 8, 1, 8
+        args.router_prefix_tokens = 48
     return args
 
 

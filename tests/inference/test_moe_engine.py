@@ -16,9 +16,12 @@ from zerolib.offload.aio import round_up
 
 MODES = ("async_ep", "sync_gather", "dp_ep", "reference")
 WORLD_SIZES = (2, 4)
-# (model, case name) -> the moe_prefill block: every mode, plus AsyncEP with its shards in host memory
+# (model, case name) -> the moe_prefill block: every mode with short rows (a family of requests
+# sharing a prefix is too long for one row, so it runs over two passes, the second reading the
+# cache), then long rows (one pass: siblings read their prefix from the same row) with the shards
+# in host memory, and the NVMe tier
 CASES = {**{(kind, mode): {"mode": mode, "row_tokens": 48} for kind in MODEL_KINDS for mode in MODES},
-         ("moe_gpt", "async_ep offload cpu"): {"mode": "async_ep", "row_tokens": 48, "offload": {"device": "cpu"}},
+         ("moe_gpt", "async_ep offload cpu"): {"mode": "async_ep", "row_tokens": 512, "offload": {"device": "cpu"}},
          ("qwen3_moe", "async_ep offload nvme"): {"mode": "async_ep", "row_tokens": 48,
                                                  "offload": {"device": "nvme", "nvme_path": "TMP", "window": 1}}}
 
@@ -130,6 +133,13 @@ def test_nvme_tier_keeps_expert_shards_in_swap_files_and_removes_them():
         assert rank["swap_files"] == 2 * partitioned, "one swap file per expert tensor kind and layer"
         assert rank["resting_bytes"] == sum(pool), "in memory: only the read pool, no shard"
         assert rank["swap_files_after_close"] == 0, "close() removes the swap files"
+
+
+def test_a_family_sharing_a_prefix_runs_in_one_pass_when_it_fits_a_row():
+    for world_size in WORLD_SIZES:
+        long_rows = GRID.rank_results(world_size, "moe_gpt", "async_ep offload cpu")[0]
+        short_rows = GRID.rank_results(world_size, "moe_gpt", "async_ep")[0]
+        assert long_rows["passes"] == 1 and short_rows["passes"] == 2, (long_rows["passes"], short_rows["passes"])
 
 
 def test_reference_mode_moves_no_weights():

@@ -6,12 +6,13 @@ same requests and the same assignment of requests to ranks; each rank computes i
 requests (attention and routers are replicated, data-parallel), with the experts placed as
 ``moe_prefill.mode`` says (zerolib/inference/experts.py), and rank 0 returns every answer.
 
-One call runs as a few forward passes: a request whose prompt starts with blocks that an earlier
-request of the call computes runs a pass later and reads them from the prefix KV cache, so a
-shared prefix is computed once (zerolib/inference/prefix_cache.py). Each pass packs its
-requests into rows (zerolib/inference/packing.py). Every rank runs as many passes as the
-busiest rank (a rank short of work runs a one-token pass), because a pass's expert gathers and
-all-to-alls are collectives.
+A call usually runs as one forward pass: requests are packed into rows
+(zerolib/inference/packing.py), and a request whose prompt starts with blocks that another
+request of the call computes shares its row and reads them there, so a shared prefix is computed
+once (zerolib/inference/prefix_cache.py). A family of such requests too large for one row runs
+over a few passes, the later ones reading the earlier ones' blocks from the prefix KV cache.
+Every rank runs as many passes as the busiest rank (a rank short of work runs a one-token pass),
+because a pass's expert gathers and all-to-alls are collectives.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from zerolib.config.errors import ConfigError
 from zerolib.inference.adapters import PrefillModel, adapt
 from zerolib.inference.blocks import BLOCK_TOKENS
 from zerolib.inference.experts import ExpertParallel, GatheredExperts, time_layer_gather
-from zerolib.inference.packing import pack
+from zerolib.inference.packing import pack, schedule
 from zerolib.inference.prefix_cache import PlannedRequest, PrefixKVCache
 from zerolib.inference.requests import Limits, parse_requests
 from zerolib.inference.settings import PrefillConfig, load_prefill_config
@@ -34,13 +35,6 @@ from zerolib.offload.aio import AioSettings, SharedFileIO
 from zerolib.utils.logging import get_logger
 
 logger = get_logger(__name__)
-
-
-
-def _idle_request() -> PlannedRequest:
-    """A one-token request for a rank with nothing to compute in a pass (its collectives must
-    still run)."""
-    return PlannedRequest(tokens=[0], hashes=[], matched=0, reusable=0, level=0)
 
 
 class MoEPrefillEngine:
@@ -74,7 +68,7 @@ class MoEPrefillEngine:
         self.t_ep = max(time_layer_gather(self.comm, self.model.experts[0].numels, self.model.dtype),
                         self._slowest(self.placement.read_seconds() if self.placement is not None else 0.0))
         self.threshold = settings.threshold_flops or self.t_ep * self.flops_rate * settings.gamma
-        self._run_pass([_idle_request()], keep=False)  # records the layer order: the next pass prefetches
+        self._run_idle_pass()  # records the layer order: the next pass prefetches
         if self.rank == 0:
             logger.info("MoE prefill: mode %s on %d ranks; t_EP %.2f ms per layer, F %.3g FLOP/s, T %.3g FLOPs per "
                         "layer%s", settings.mode, self.world_size, self.t_ep * 1e3, self.flops_rate, self.threshold,
@@ -106,7 +100,7 @@ class MoEPrefillEngine:
             tokens = min(tokens, self.max_input_tokens)
         probe = PlannedRequest(tokens=[t % max(self.cost.vocab_size, 1) for t in range(tokens)], hashes=[],
                                matched=0, reusable=0, level=0)
-        packed = pack([probe], self.cache, tokens)
+        packed = pack([[0]], [probe], self.cache, tokens)
         self.model.forward_pass(packed)  # warm-up
         start = time.perf_counter()
         self.model.forward_pass(packed)
@@ -181,31 +175,25 @@ class MoEPrefillEngine:
     def _compute(self, token_lists: list[list[int]]) -> list[torch.Tensor]:
         """Last-position hidden states of this rank's requests, in order."""
         planned = self.cache.plan(token_lists)
-        local_passes = 1 + max((p.level for p in planned), default=-1)
-        passes = torch.tensor([local_passes], dtype=torch.int64)
-        self.comm.all_reduce(passes, dist.ReduceOp.MAX)
-        last: list[torch.Tensor | None] = [None] * len(planned)
-        for level in range(int(passes.item())):
-            members = [i for i, p in enumerate(planned) if p.level == level]
-            if not members:
-                self._run_pass([_idle_request()], keep=False)
-                continue
-            for i, row in zip(members, self._run_pass([planned[i] for i in members])):
-                last[i] = row
+        passes = schedule(planned, self.settings.row_tokens)
+        count = torch.tensor([len(passes)], dtype=torch.int64)
+        self.comm.all_reduce(count, dist.ReduceOp.MAX)
+        last: dict[int, torch.Tensor] = {}
+        for units in passes:
+            last.update(self._run_pass(units, planned))
+        for _ in range(int(count.item()) - len(passes)):
+            self._run_idle_pass()
         self.cache.settle(planned)
-        return last
+        return [last[i] for i in range(len(planned))]
 
-    def _run_pass(self, requests: list[PlannedRequest], keep: bool = True) -> list[torch.Tensor]:
-        """One forward pass; returns each request's last hidden state and, with ``keep``,
-        stores the blocks it computed and counts its work."""
-        packed = pack(requests, self.cache, self.settings.row_tokens)
+    def _run_pass(self, units: list[list[int]], planned: list[PlannedRequest]) -> dict[int, torch.Tensor]:
+        """One forward pass of ``units`` (see packing.schedule): stores the blocks it computed,
+        counts its work and returns each request's last hidden state."""
+        packed = pack(units, planned, self.cache, self.settings.row_tokens)
         hidden, computed = self.model.forward_pass(packed)
         self.stats["passes"] += 1
-        out = []
-        for request, place in zip(requests, packed.placements):
-            out.append(hidden[place.last])
-            if not keep:
-                continue
+        for index, place in packed.placements.items():
+            request = planned[index]
             for block in range(request.matched, request.reusable):
                 column = place.column + block * BLOCK_TOKENS - request.cached_tokens
                 self.cache.put(request.hashes[block], computed.span(place.row, column, column + BLOCK_TOKENS))
@@ -214,7 +202,13 @@ class MoEPrefillEngine:
             self.stats["computed_flops"] += self.cost.prefill(len(request.tokens), request.cached_tokens) * \
                 self.cost.num_layers
             self.stats["requests"] += 1
-        return out
+        return {index: hidden[place.last] for index, place in packed.placements.items()}
+
+    def _run_idle_pass(self) -> None:
+        """A one-token pass for a rank with nothing to compute: its collectives must still run."""
+        idle = PlannedRequest(tokens=[0], hashes=[], matched=0, reusable=0, level=0)
+        self.model.forward_pass(pack([[0]], [idle], self.cache, 1))
+        self.stats["passes"] += 1
 
     def close(self) -> None:
         """Removes the hooks the engine put on the model."""

@@ -7,13 +7,15 @@ finds it here. Within one ``score`` call nothing is evicted (a later request may
 block an earlier one brings in); the call then records every request's blocks in request order
 and drops what fell out, which leaves exactly the state the sequential LRU rule gives.
 
-A block's keys are stored after rotary embedding: block ``i`` always covers positions
+Blocks that an earlier request of the same call computes are read from that request: in the
+same forward pass when both share a row (zerolib/inference/packing.py), from the cache when the
+earlier request ran in an earlier pass. A block's keys are stored after rotary embedding: block ``i`` always covers positions
 ``[16 i, 16 i + 16)`` (its hash chains every token before it), so cached keys are valid for any
 request that matches the block.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -27,9 +29,11 @@ class PlannedRequest:
 
     tokens: list[int]
     hashes: list[int]
-    matched: int  # leading blocks read from the cache
+    matched: int  # leading blocks it does not compute: cached, or computed by an earlier request
     reusable: int  # leading blocks it commits to the cache
-    level: int  # the forward pass it runs in: after the passes computing blocks it reads
+    level: int  # the pass it would run in if it could not share a row with the requests it reads
+    sources: list[int | None] = field(default_factory=list)  # per matched block: None (cached before
+    # the call) or the index of the request of this call that computes it
 
     @property
     def cached_tokens(self) -> int:
@@ -53,19 +57,21 @@ class PrefixKVCache:
 
     def plan(self, token_lists: list[list[int]]) -> list[PlannedRequest]:
         """Each request's cache match as a sequential run would see it (the LRU replayed in
-        request order), and its pass: a request that reads blocks an earlier request of this
-        call computes runs one pass after it, so a shared prefix is computed once."""
-        replay, present, produced_in = self.order.copy(), set(self.blocks), {}
-        planned = []
-        for tokens in token_lists:
+        request order), where each matched block comes from (the cache, or the earlier request
+        of this call that computes it), and its level: one more than the requests it reads, the
+        pass it runs in when it cannot share their row. A shared prefix is computed once."""
+        replay, present, producer = self.order.copy(), set(self.blocks), {}
+        planned: list[PlannedRequest] = []
+        for index, tokens in enumerate(token_lists):
             hashes = block_hashes(tokens)
             matched = matched_blocks(hashes, replay, len(tokens))
             reusable = reusable_blocks(len(tokens))
-            level = max((produced_in[h] + 1 for h in hashes[:matched] if h not in present), default=0)
+            sources = [None if h in present else producer[h] for h in hashes[:matched]]
+            level = max((planned[s].level + 1 for s in sources if s is not None), default=0)
             for block_hash in hashes[matched:reusable]:
-                produced_in.setdefault(block_hash, level)
+                producer.setdefault(block_hash, index)
             replay.record(hashes[:reusable])
-            planned.append(PlannedRequest(list(tokens), hashes, matched, reusable, level))
+            planned.append(PlannedRequest(list(tokens), hashes, matched, reusable, level, sources))
         return planned
 
     def get(self, block_hash: int) -> torch.Tensor:
