@@ -16,12 +16,13 @@ from zerolib.offload.aio import round_up
 
 MODES = ("async_ep", "sync_gather", "dp_ep", "reference")
 WORLD_SIZES = (2, 4)
-# (model, case name) -> the moe_prefill block: every mode with short rows (a family of requests
-# sharing a prefix is too long for one row, so it runs over two passes, the second reading the
-# cache), then long rows (one pass: siblings read their prefix from the same row) with the shards
-# in host memory, and the NVMe tier
-CASES = {**{(kind, mode): {"mode": mode, "row_tokens": 48} for kind in MODEL_KINDS for mode in MODES},
-         ("moe_gpt", "async_ep offload cpu"): {"mode": "async_ep", "row_tokens": 512, "offload": {"device": "cpu"}},
+# (model, case name) -> the moe_prefill block: every mode with max_row_tokens too short for a
+# family of requests sharing a prefix (it runs over two passes, the second reading the cache),
+# then the default (one pass: siblings read their prefix from the same row) with the shards in
+# host memory, and the NVMe tier
+CASES = {**{(kind, mode): {"mode": mode, "row_tokens": 48, "max_row_tokens": 48} for kind in MODEL_KINDS
+            for mode in MODES},
+         ("moe_gpt", "async_ep offload cpu"): {"mode": "async_ep", "row_tokens": 48, "offload": {"device": "cpu"}},
          ("qwen3_moe", "async_ep offload nvme"): {"mode": "async_ep", "row_tokens": 48,
                                                  "offload": {"device": "nvme", "nvme_path": "TMP", "window": 1}}}
 

@@ -9,7 +9,7 @@ requests (attention and routers are replicated, data-parallel), with the experts
 A call usually runs as one forward pass: requests are packed into rows
 (zerolib/inference/packing.py), and a request whose prompt starts with blocks that another
 request of the call computes shares its row and reads them there, so a shared prefix is computed
-once (zerolib/inference/prefix_cache.py). A family of such requests too large for one row runs
+once (zerolib/inference/prefix_cache.py). A family of such requests longer than ``max_row_tokens`` runs
 over a few passes, the later ones reading the earlier ones' blocks from the prefix KV cache.
 Every rank runs as many passes as the busiest rank (a rank short of work runs a one-token pass),
 because a pass's expert gathers and all-to-alls are collectives.
@@ -175,7 +175,7 @@ class MoEPrefillEngine:
     def _compute(self, token_lists: list[list[int]]) -> list[torch.Tensor]:
         """Last-position hidden states of this rank's requests, in order."""
         planned = self.cache.plan(token_lists)
-        passes = schedule(planned, self.settings.row_tokens)
+        passes = schedule(planned, self.settings.max_row_tokens)
         count = torch.tensor([len(passes)], dtype=torch.int64)
         self.comm.all_reduce(count, dist.ReduceOp.MAX)
         last: dict[int, torch.Tensor] = {}

@@ -79,15 +79,15 @@ def _families(planned: list[PlannedRequest]) -> list[list[int]]:
     return list(families.values())
 
 
-def schedule(planned: list[PlannedRequest], row_tokens: int) -> list[list[list[int]]]:
+def schedule(planned: list[PlannedRequest], max_row_tokens: int) -> list[list[list[int]]]:
     """Passes of units: a unit is requests that share a row. A family (a request and the ones
-    reading blocks it computes) that fits in one row is one unit of the first pass, so its
-    shared prefix is computed and read in the same forward pass; a larger family runs by level,
-    one pass per level, reading earlier passes' blocks from the cache."""
-    width = max([row_tokens] + [len(r.new_tokens) for r in planned])
+    reading blocks it computes) of at most ``max_row_tokens`` new tokens is one unit of the
+    first pass, so its shared prefix is computed and read in the same forward pass (rows widen
+    to the widest unit); a larger family runs by level, one pass per level, reading earlier
+    passes' blocks from the cache."""
     passes: list[list[list[int]]] = []
     for family in _families(planned):
-        if sum(len(planned[i].new_tokens) for i in family) <= width:
+        if len(family) == 1 or sum(len(planned[i].new_tokens) for i in family) <= max_row_tokens:
             units = [(0, family)]
         else:
             units = [(planned[i].level, [i]) for i in family]

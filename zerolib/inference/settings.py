@@ -39,6 +39,9 @@ class MoEPrefillSettings(StrictModel):
         256, "Capacity of each rank's prefix KV cache, in 16-token blocks (0 turns it off).", ge=0)
     row_tokens: int = described(
         256, "New tokens per packed row of a forward pass (a longer request gets a row of its own size).", ge=1)
+    max_row_tokens: int = described(
+        4096, "A family of requests sharing a prefix computed in the call runs in one row (one pass) up to "
+              "this many new tokens; a longer one runs over several passes, reading the cache.", ge=1)
     calibration_tokens: int = described(
         128, "Tokens of the start-up forward that measures the FLOP rate F.", ge=16)
     timeout_seconds: float = described(
