@@ -54,7 +54,7 @@ class GatheredExperts:
     """
 
     def __init__(self, model: PrefillModel, comm: CommContext, *, prefetch: bool, offload=None, io=None):
-        self.comm = comm
+        self.comm, self.io = comm, io
         self.pool = ScratchPool()
         self.layers = model.experts[1:] if comm.distributed else []
         window = offload.window if offload is not None and offload.device == "nvme" else 1
@@ -115,10 +115,10 @@ class GatheredExperts:
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def close(self) -> None:
+        """Removes the hooks; with the nvme tier, the swap files and I/O threads go too."""
         self.coordinator.remove_hooks()
-        for store in self.stores.values():
-            if store.swap is not None:
-                store.swap.close()
+        if self.io is not None:
+            self.io.close()
 
 
 class ExpertParallel:
