@@ -17,8 +17,18 @@ With ``--link-gbit G`` the two ranks talk over an emulated G Gbit/s link (benchm
 instead of loopback, where communication is bounded by the link rather than by the cores that
 also compute: the setting in which prefetching has something to hide.
 
+The zerolib prefetch variant (and DeepSpeed) prefetch ``--prefetch-blocks`` transformer blocks'
+worth of elements (default 1.5; the library default of 5e7 elements covers every model here,
+as does any value above the number of blocks). ``--reuse-distance`` sets zerolib's
+``stage3_max_reuse_distance`` (default: the library's 1e9, which keeps every block gathered from
+its forward to its backward; 0 re-gathers in backward, as FSDP2 does).
+
+Prefetch against on-demand is also given as a paired figure: the median of the per-round ratios
+(both variants run in every round, so a slow spell of the machine falls on both), with the
+interquartile range of those ratios as the measure of noise.
+
 Usage: PYTHONPATH=. python benchmarks/bench_zero3.py [--sizes floor,10M,40M] [--steps N] [--quick]
-       [--link-gbit G]
+       [--link-gbit G] [--prefetch-blocks B] [--reuse-distance D]
 """
 from __future__ import annotations
 
@@ -80,19 +90,21 @@ SETTINGS = {
 }
 
 
-def build_variants(setting: Setting, with_deepspeed: bool) -> list[tuple[support.Variant, float]]:
+def build_variants(setting: Setting, args: argparse.Namespace,
+                   with_deepspeed: bool) -> list[tuple[support.Variant, float]]:
     """Each variant and the RSS growth (bytes) while it was built and stepped once."""
     model = setting.model()
-    # Realistic prefetch budget: the next block and a half, so one unit is always in flight.
-    prefetch = int(1.5 * setting.block_numel())
+    # Default budget: the next block and a half, so one unit is always in flight.
+    prefetch = int(args.prefetch_blocks * setting.block_numel())
+    zero = {} if args.reuse_distance is None else {"stage3_max_reuse_distance": args.reuse_distance}
     builders = [
-        lambda: support.build_zerolib(model, "zerolib ZeRO-3 prefetch", setting.batch, prefetch),
-        lambda: support.build_zerolib(model, "zerolib ZeRO-3 on-demand", setting.batch, 0),
+        lambda: support.build_zerolib(model, "zerolib ZeRO-3 prefetch", setting.batch, prefetch, zero),
+        lambda: support.build_zerolib(model, "zerolib ZeRO-3 on-demand", setting.batch, 0, zero),
         lambda: support.build_fsdp2(model),
         lambda: support.build_ddp(model),
     ]
     if with_deepspeed:
-        builders.append(lambda: support.build_deepspeed(model, setting.batch, prefetch))
+        builders.append(lambda: support.build_deepspeed(model, setting.batch, prefetch, zero))
     idx, targets = batch_for(setting, 0)
     built = []
     for build in builders:
@@ -126,9 +138,10 @@ def timed_step(variant: support.Variant, idx, targets) -> tuple[float, float]:
     return elapsed[0].item(), elapsed[1].item()
 
 
-def measure(setting: Setting, steps: int, warmup: int, with_deepspeed: bool) -> list[dict]:
-    """Per variant: step times (s), model-state and RSS-growth bytes per rank, and a note."""
-    built = build_variants(setting, with_deepspeed)
+def measure(setting: Setting, args: argparse.Namespace, with_deepspeed: bool) -> list[dict]:
+    """Per variant: step times (s, one per round), model-state and RSS-growth bytes per rank, a note."""
+    steps, warmup = args.steps or setting.default_steps, args.warmup
+    built = build_variants(setting, args, with_deepspeed)
     times = {variant.name: [] for variant, _ in built}
     cpu_times = {variant.name: [] for variant, _ in built}
     for round_index in range(warmup + steps):
@@ -187,6 +200,17 @@ def _ratio_line(label: str, numerator: float, denominator: float, goal: str, met
     return f"  {label:<37}{numerator / denominator:>6.2f}x   goal: {goal}{verdict}"
 
 
+def _paired_line(prefetch: list[float], on_demand: list[float]) -> str:
+    """The median and interquartile range of the per-round ratios prefetch / on-demand."""
+    ratios = [p / o for p, o in zip(prefetch, on_demand)]
+    spread = "n/a"
+    if len(ratios) >= 4:
+        q1, _, q3 = statistics.quantiles(ratios, n=4)
+        spread = f"{q1:.2f}-{q3:.2f}"
+    return (f"  {'  paired, per round (IQR ' + spread + ')':<37}{statistics.median(ratios):>6.2f}x   "
+            f"goal: (information; {len(ratios)} rounds)")
+
+
 def print_ratios(setting: Setting, rows: list[dict]) -> None:
     by_name = {row["name"]: row for row in rows}
     time_of = {name: _median_ms(row) for name, row in by_name.items()}
@@ -196,6 +220,7 @@ def print_ratios(setting: Setting, rows: list[dict]) -> None:
     print(_ratio_line("zerolib prefetch / FSDP2", prefetch, time_of["FSDP2"], "<= 1.00x", lambda r: r <= 1.0))
     print(_ratio_line("zerolib prefetch / on-demand", prefetch, on_demand,
                       f"<= {GAIN_THRESHOLD:.2f}x (a gain beyond noise)", lambda r: r <= GAIN_THRESHOLD))
+    print(_paired_line(by_name["zerolib ZeRO-3 prefetch"]["times"], by_name["zerolib ZeRO-3 on-demand"]["times"]))
     floor_goal = (lambda r: r <= 1.8) if setting.name == "floor" else None
     print(_ratio_line("zerolib prefetch / DDP", prefetch, time_of["DDP"],
                       "<= 1.80x at the floor" if floor_goal else "(information)", floor_goal))
@@ -234,10 +259,12 @@ def rank_main(rank: int, port: int, args: argparse.Namespace, link=None) -> None
         print(f"torch {torch.__version__}, {WORLD_SIZE} ranks, gloo over {where}, fp32, 1 thread per rank, "
               f"{os.cpu_count()} CPUs on this machine")
         print(f"DeepSpeed ZeRO-3: {'skipped: ' + skip_reason if skip_reason else 'included'}")
+        reuse = "1e9 (default)" if args.reuse_distance is None else args.reuse_distance
+        print(f"prefetch budget: {args.prefetch_blocks:g} blocks; stage3_max_reuse_distance: {reuse}")
     try:
         for name in args.sizes:
             setting = SETTINGS[name]
-            rows = measure(setting, args.steps or setting.default_steps, args.warmup, with_deepspeed=skip_reason is None)
+            rows = measure(setting, args, with_deepspeed=skip_reason is None)
             if rank == 0:
                 print_table(SETTINGS[name], rows)
                 print_ratios(SETTINGS[name], rows)
@@ -256,6 +283,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="smoke mode: the tiny model, 2 steps, no DeepSpeed")
     parser.add_argument("--link-gbit", type=float, default=None,
                         help="run the ranks over an emulated link of this many Gbit/s instead of loopback")
+    parser.add_argument("--prefetch-blocks", type=float, default=1.5,
+                        help="prefetch budget of the prefetch variant, in transformer blocks (default 1.5)")
+    parser.add_argument("--reuse-distance", type=int, default=None,
+                        help="zerolib stage3_max_reuse_distance (default: the library's, 1e9)")
     args = parser.parse_args(argv)
     if args.quick:
         args.sizes, args.steps, args.warmup = "quick", 2, 1
@@ -265,6 +296,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--sizes: unknown setting(s) {', '.join(unknown)}; choose among {', '.join(SETTINGS)}")
     if (args.steps is not None and args.steps < 1) or args.warmup < 0:
         parser.error(f"--steps must be >= 1 and --warmup >= 0 (got {args.steps} and {args.warmup})")
+    if args.prefetch_blocks <= 0 or (args.reuse_distance is not None and args.reuse_distance < 0):
+        parser.error(f"--prefetch-blocks must be > 0 and --reuse-distance >= 0 "
+                     f"(got {args.prefetch_blocks} and {args.reuse_distance})")
     return args
 
 

@@ -75,24 +75,26 @@ def build_fsdp2(model: nn.Module) -> Variant:
     return Variant("FSDP2", _torch_step(module, optimizer), lambda: _torch_state_bytes(module, optimizer))
 
 
-def zerolib_config(micro_batch: int, prefetch_numel: int) -> dict:
-    """Stage 3 with default stage3_* settings except the prefetch budget; no clipping, as in
-    the torch baselines (zerolib and DeepSpeed clip at 1.0 by default)."""
+def zerolib_config(micro_batch: int, prefetch_numel: int, zero: dict | None = None) -> dict:
+    """Stage 3 with default stage3_* settings except the prefetch budget and ``zero`` (more
+    zero_optimization keys); no clipping, as in the torch baselines (zerolib and DeepSpeed clip
+    at 1.0 by default)."""
     return {
         "train_micro_batch_size_per_gpu": micro_batch,
         "gradient_accumulation_steps": 1,
         "gradient_clipping": 0.0,
         "optimizer": {"type": "AdamW", "params": {"lr": LEARNING_RATE}},
         "zero_optimization": {"stage": 3, "overlap_comm": True,
-                              "stage3_prefetch_bucket_size": prefetch_numel},
+                              "stage3_prefetch_bucket_size": prefetch_numel, **(zero or {})},
     }
 
 
-def build_zerolib(model: nn.Module, name: str, micro_batch: int, prefetch_numel: int) -> Variant:
+def build_zerolib(model: nn.Module, name: str, micro_batch: int, prefetch_numel: int,
+                  zero: dict | None = None) -> Variant:
     """zerolib ZeRO-3; ``prefetch_numel`` 0 gathers every unit on demand."""
     import zerolib
 
-    engine = zerolib.initialize(copy.deepcopy(model), zerolib_config(micro_batch, prefetch_numel))
+    engine = zerolib.initialize(copy.deepcopy(model), zerolib_config(micro_batch, prefetch_numel, zero))
 
     def run_step(idx, targets):
         loss = engine(idx, targets)
@@ -129,14 +131,14 @@ def deepspeed_unavailable_reason() -> str | None:
     return None
 
 
-def build_deepspeed(model: nn.Module, micro_batch: int, prefetch_numel: int) -> Variant:
+def build_deepspeed(model: nn.Module, micro_batch: int, prefetch_numel: int, zero: dict | None = None) -> Variant:
     """DeepSpeed ZeRO-3 with the same stage-3 settings and torch's fused AdamW."""
     import deepspeed
 
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
     module = copy.deepcopy(model)
     optimizer = torch.optim.AdamW(module.parameters(), lr=LEARNING_RATE, fused=True)
-    config = zerolib_config(micro_batch, prefetch_numel)
+    config = zerolib_config(micro_batch, prefetch_numel, zero)
     config.pop("optimizer")
     config["train_batch_size"] = micro_batch * dist.get_world_size()
     config["steps_per_print"] = 10**9

@@ -49,6 +49,31 @@ class SkipsTheLastBlockOnRankOne(GPT):
         return _loss(self, x, targets)
 
 
+class AnotherBranchOnRankOneInStepTwo(GPT):
+    """Like TakesAnotherBranchOnRankOne, once the first step has recorded the trace: the blocks
+    are then prefetched, and their order checks are verified later (zerolib/partition/order_check.py)."""
+
+    def forward(self, idx, targets=None):
+        self.calls = getattr(self, "calls", 0) + 1
+        x = self.tok_emb(idx) + self.pos_emb(torch.arange(idx.shape[1]))
+        order = (0, 2, 1) if os.environ["RANK"] == "1" and self.calls == 2 else (0, 1, 2)
+        for i in order:
+            x = self.blocks[i](x)
+        return _loss(self, x, targets)
+
+
+class SkipsTheLastBlockOnRankOneInStepTwo(GPT):
+    """Like SkipsTheLastBlockOnRankOne, once the first step has recorded the trace."""
+
+    def forward(self, idx, targets=None):
+        self.calls = getattr(self, "calls", 0) + 1
+        x = self.tok_emb(idx) + self.pos_emb(torch.arange(idx.shape[1]))
+        for i, block in enumerate(self.blocks):
+            if not (i == 2 and os.environ["RANK"] == "1" and self.calls == 2):
+                x = block(x)
+        return _loss(self, x, targets)
+
+
 def _engine(model: GPT):
     config = {"train_micro_batch_size_per_gpu": 1, "optimizer": {"type": "AdamW", "params": {"lr": 1e-3}},
               "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
@@ -75,16 +100,23 @@ def train_two_steps(model_cls) -> dict:
     return {"error": None}
 
 
-@pytest.mark.parametrize("model_cls, expected", [
-    (TakesAnotherBranchOnRankOne, ["rank 0 gathers 'blocks.1' (fetch #3)", "rank 1 gathers 'blocks.2' (fetch #3)"]),
-    (SkipsTheLastBlockOnRankOne, ["rank 0 gathers 'blocks.2' (fetch #4)", "rank 1 ends its forward after 3 gathers"]),
-], ids=["another_branch", "skips_the_last_module"])
-def test_diverging_ranks_fail_in_the_same_step_naming_rank_and_module(model_cls, expected):
+ANOTHER_BRANCH = ["rank 0 gathers 'blocks.1' (fetch #3)", "rank 1 gathers 'blocks.2' (fetch #3)"]
+SKIPS_THE_LAST = ["rank 0 gathers 'blocks.2' (fetch #4)", "rank 1 ends its forward after 3 gathers"]
+
+
+@pytest.mark.parametrize("model_cls, step, expected", [
+    (TakesAnotherBranchOnRankOne, 1, ANOTHER_BRANCH),
+    (SkipsTheLastBlockOnRankOne, 1, SKIPS_THE_LAST),
+    (AnotherBranchOnRankOneInStepTwo, 2, ANOTHER_BRANCH),
+    (SkipsTheLastBlockOnRankOneInStepTwo, 2, SKIPS_THE_LAST),
+], ids=["another_branch", "skips_the_last_module", "another_branch_while_prefetching",
+        "skips_the_last_module_while_prefetching"])
+def test_diverging_ranks_fail_in_the_same_step_naming_rank_and_module(model_cls, step, expected):
     results = run_ranks(train_two_steps, 2, model_cls, timeout=90)
     for rank, result in enumerate(results):
         assert result["error"] is not None, f"rank {rank} trained on although the ranks diverged"
         assert result["error"].startswith("RankDivergenceError"), f"rank {rank}: {result['error']}"
-        assert (result["step"], result["phase"]) == (1, "forward"), result
+        assert (result["step"], result["phase"]) == (step, "forward"), result
         for text in expected:
             assert text in result["error"], f"rank {rank}: {result['error']}"
         assert result["seconds"] < BOUND_SECONDS, result

@@ -24,7 +24,9 @@ class CommConfig(StrictModel):
               "Unset: LOCAL_WORLD_SIZE if it divides the world size, else the world size; "
               "load_config fills in the value. Must divide the world size.", ge=1)
     verify_module_order: bool = described(
-        True, "ZeRO-3: before each gather, and once at the end of each forward, check that every "
+        True, "ZeRO-3: at each gather of the forward, and once at its end, check that every "
               "rank is at the same module, so ranks that took different forward paths (or skipped "
               "a module) fail naming the rank and the module instead of hanging or mixing shards. "
-              "Costs one 16-byte all-gather per gathered module and one per forward.")
+              "A gather made on demand is checked before its data is used; one prefetched along "
+              "the recorded order is checked by the end of that forward. Costs one 16-byte "
+              "all-gather per gathered module and one per forward.")

@@ -15,6 +15,10 @@ reading the shards of the unit(s) after those from their swap files (offload_par
 order changes (another branch), prefetching stops for that iteration and the new order is
 recorded: gathers fall back to on demand, and every rank still issues the same collectives
 as long as all ranks run the same modules.
+
+Order check (``comm.verify_module_order``): each forward fetch is compared with the other
+ranks' (zerolib/partition/order_check.py). A fetch served by a prefetched gather does not wait
+for its comparison, which would travel behind every byte prefetched before it.
 """
 from __future__ import annotations
 
@@ -27,17 +31,8 @@ import torch
 from torch import nn
 
 from zerolib.comm import CollectiveError, CommContext
+from zerolib.partition.order_check import OrderCheck
 from zerolib.partition.partitioned import PartitionedParams
-
-
-class RankDivergenceError(RuntimeError):
-    """Ranks ran different modules under ZeRO-3 (their gathers would not match)."""
-
-
-# The order-check tag a rank sends when its forward is over instead of a unit index, so that a
-# rank that skips the last modules meets its peers' next order check rather than a gather of
-# another size (which gloo cannot survive) or nothing at all (a hang).
-END_OF_FORWARD = -1
 
 
 class Phase(enum.Enum):
@@ -137,7 +132,8 @@ class ParamCoordinator:
 
     def __init__(self, units: list[Unit], policy: GatherPolicy, comm: CommContext, *, verify_order: bool = True):
         self.units, self.policy, self.comm = units, policy, comm
-        self.verify_order = verify_order and comm.distributed
+        # comm.verify_module_order: forward fetches are checked against the other ranks'.
+        self.order_check = OrderCheck(comm, self._unit_name) if verify_order and comm.distributed else None
         self.phase = Phase.IDLE
         self.peak_live_numel = 0
         self.trace_misses = 0  # iterations whose order differed from the recorded trace
@@ -147,6 +143,9 @@ class ParamCoordinator:
         self._following_trace = False
         self._grad_mode = True
         self._active: set[int] = set()  # units whose forward is running now
+        # The fetch number at which each prefetched gather still pending was posted: waiting on it
+        # first verifies the order checks up to that fetch (zerolib/partition/order_check.py).
+        self._posted_at: dict[BufferRef, int] = {}
         self._hooks = []
         # Each store once (a unit may hold refs to two stores): live_numel runs on every fetch.
         self._stores = list({id(r.store): r.store for u in units for r in u.refs}.values())
@@ -166,6 +165,9 @@ class ParamCoordinator:
 
     def end_iteration(self) -> None:
         """Releases everything still gathered and keeps this iteration's order for the next."""
+        if self.order_check is not None:  # before waiting on prefetched gathers the peers may lack
+            self.order_check.verify()
+        self._posted_at.clear()
         for unit in self.units:
             self._release(unit)
         for store in self._stores:
@@ -193,7 +195,7 @@ class ParamCoordinator:
                 if tensor.requires_grad:
                     tensor.register_hook(functools.partial(self._pre_backward, unit))
         if unit.index == 0:  # the root is needed first in backward: keep it unless there is none
-            if self.verify_order and self.phase is Phase.FORWARD:
+            if self.order_check is not None and self.phase is Phase.FORWARD:
                 self._check_forward_end()
             if not self._grad_mode:
                 self.end_iteration()
@@ -212,60 +214,58 @@ class ParamCoordinator:
 
     # -- gathering --------------------------------------------------------------------------
     def _fetch(self, unit: Unit) -> None:
+        self._recording.append(unit.index)
+        fetch_number = len(self._recording)
         # Forward decides the module order (backward replays its graph), so checking forward
         # fetches catches divergence at half the cost of checking every gather.
-        check = self._start_order_check(unit.index) if self.verify_order and self.phase is Phase.FORWARD else None
-        self._recording.append(unit.index)
+        checked = self.order_check is not None and self.phase is Phase.FORWARD
+        if checked:
+            self.order_check.post(fetch_number, unit.index)
         trace = self._traces.get(self._grad_mode, [])
         if self._following_trace:
             if self._position < len(trace) and trace[self._position] == unit.index:
                 self._position += 1
             else:
                 self._following_trace = False
+        prefetched = self._following_trace and all(r.store.is_pending(r.index) or r.store.is_available(r.index)
+                                                   for r in unit.refs)
         for ref in unit.refs:
             ref.store.start_gather(ref.index, training=True)
         self._note_live()
         if self._following_trace:
-            self._prefetch(trace)
+            self._prefetch(trace, fetch_number)
         try:
-            if check is not None:
-                self._finish_order_check(*check)
+            self._verify_before_waiting(unit, prefetched)
             for ref in unit.refs:
                 ref.store.wait_gather(ref.index)
+                self._posted_at.pop(ref, None)
         except CollectiveError as error:  # a timeout or a peer that died
+            if self.order_check is not None:
+                self.order_check.forget()
             raise error.within(f"ZeRO-3 gather of module '{unit.name}', {self.phase.value}, "
-                               f"fetch #{len(self._recording)}") from None
+                               f"fetch #{fetch_number}") from None
+
+    def _verify_before_waiting(self, unit: Unit, prefetched: bool) -> None:
+        """Verifies the order checks this fetch's gathers depend on: up to the fetch that posted
+        them if they were prefetched along the trace, else every check posted so far."""
+        if self.order_check is None:
+            return
+        if prefetched:
+            self.order_check.verify(through=max((self._posted_at.get(r, 0) for r in unit.refs), default=0))
+        else:
+            self.order_check.verify()
 
     def _check_forward_end(self) -> None:
         try:
-            self._finish_order_check(*self._start_order_check(END_OF_FORWARD))
+            self.order_check.end_of_forward(len(self._recording))
         except CollectiveError as error:
+            self.order_check.forget()
             raise error.within(f"ZeRO-3 end-of-forward check after {len(self._recording)} gathers") from None
 
-    def _start_order_check(self, unit_index: int):
-        tag = torch.tensor([unit_index, len(self._recording)], dtype=torch.int64, device=self.comm.device)
-        tags = torch.empty(2 * self.comm.world_size, dtype=torch.int64, device=self.comm.device)
-        return tags, self.comm.all_gather_into(tags, tag, async_op=True)
+    def _unit_name(self, index: int) -> str | None:
+        return self.units[index].name if 0 <= index < len(self.units) else None
 
-    def _describe_tag(self, rank: int, unit_index: int, fetches: int) -> str:
-        if unit_index == END_OF_FORWARD:
-            return f"rank {rank} ends its forward after {fetches} gathers"
-        if 0 <= unit_index < len(self.units):
-            return f"rank {rank} gathers '{self.units[unit_index].name}' (fetch #{fetches + 1})"
-        return f"rank {rank} sent an unknown module index {unit_index}"
-
-    def _finish_order_check(self, tags: torch.Tensor, pending) -> None:
-        pending.wait()
-        per_rank = tags.view(-1, 2).tolist()
-        if all(row == per_rank[0] for row in per_rank):
-            return
-        described = ", ".join(self._describe_tag(r, u, n) for r, (u, n) in enumerate(per_rank))
-        raise RankDivergenceError(
-            f"ZeRO-3 ranks ran different modules in {self.phase.value}: {described}. Every rank must run "
-            "the same modules in the same order (a data-dependent branch or a skipped module on one rank "
-            "breaks this); make the branch condition the same on all ranks.")
-
-    def _prefetch(self, trace: list[int]) -> None:
+    def _prefetch(self, trace: list[int], fetch_number: int) -> None:
         """Gathers ahead along the trace: always the next unit (as FSDP2 does, so a budget under
         one block still overlaps), then more while the prefetch budget and max-live allow. With
         shards in swap files, the reads of those units' shards and of ``read_ahead_units`` units
@@ -286,6 +286,7 @@ class ParamCoordinator:
         for missing in to_gather:
             for ref in missing:
                 ref.store.start_gather(ref.index, training=True)
+                self._posted_at[ref] = fetch_number
             self._note_live()
 
     @staticmethod
@@ -341,6 +342,9 @@ class ParamCoordinator:
 
     # -- whole-model access -----------------------------------------------------------------
     def gather_all(self) -> None:
+        if self.order_check is not None:  # prefetched gathers may be pending
+            self.order_check.verify()
+        self._posted_at.clear()
         for unit in self.units:
             for ref in unit.refs:
                 ref.store.start_gather(ref.index)
