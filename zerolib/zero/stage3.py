@@ -50,6 +50,19 @@ def _groups_by_unit(names: list[str], params: dict[str, nn.Parameter], owner: di
     return groups
 
 
+def _buffer_of_unit(unit_groups: list[list], first_index: int) -> dict[int, int]:
+    """Unit index -> index of its buffer, for the units with parameters (one buffer each, in
+    unit order, numbered from ``first_index``)."""
+    return {u: first_index + i for i, u in enumerate(u for u, group in enumerate(unit_groups) if group)}
+
+
+def _units(unit_modules, refs_by_store: list[tuple[PartitionedParams | None, dict[int, int]]]) -> list[Unit]:
+    """The coordinator's units, each with its buffer in every store that has one for it."""
+    return [Unit(index, name or "<root>", module,
+                 tuple(BufferRef(store, buffers[index]) for store, buffers in refs_by_store if index in buffers))
+            for index, (name, module) in enumerate(unit_modules)]
+
+
 def _tagged(shard_swap, tag: str):
     return functools.partial(shard_swap, tag=tag) if shard_swap is not None else None
 
@@ -84,13 +97,7 @@ def plan_stage3(module: nn.Module, comm: CommContext, settings: ZeroSettings, dt
                               replicated=frozenset(range(len(persistent_groups))),
                               training_gather=weight_gather_for(comm, zeropp),
                               make_shard_swap=_tagged(shard_swap, "trainable"), **placement)
-    unit_buffer = {}
-    next_index = len(persistent_groups)
-    for unit_index, group in enumerate(unit_groups):
-        if group:
-            unit_buffer[unit_index] = next_index
-            next_index += 1
-
+    unit_buffer = _buffer_of_unit(unit_groups, len(persistent_groups))
     frozen_groups = _groups_by_unit(frozen, params, owner, len(unit_modules))
     frozen_store, frozen_buffer = None, {}
     if frozen:
@@ -98,16 +105,8 @@ def plan_stage3(module: nn.Module, comm: CommContext, settings: ZeroSettings, dt
         frozen_store = PartitionedParams(frozen_layout, {n: params[n] for n in frozen}, comm, dtype=dtype, fill=fill,
                                          training_gather=weight_gather_for(comm, zeropp),
                                          make_shard_swap=_tagged(shard_swap, "frozen"), **placement)
-        frozen_buffer = {u: i for i, u in enumerate(u for u, g in enumerate(frozen_groups) if g)}
-
-    units = []
-    for unit_index, (name, unit_module) in enumerate(unit_modules):
-        refs = []
-        if unit_index in unit_buffer:
-            refs.append(BufferRef(store, unit_buffer[unit_index]))
-        if unit_index in frozen_buffer:
-            refs.append(BufferRef(frozen_store, frozen_buffer[unit_index]))
-        units.append(Unit(unit_index, name or "<root>", unit_module, tuple(refs)))
+        frozen_buffer = _buffer_of_unit(frozen_groups, 0)
+    units = _units(unit_modules, [(store, unit_buffer), (frozen_store, frozen_buffer)])
     policy = GatherPolicy(settings.prefetch_bucket_numel, settings.max_live_numel, settings.max_reuse_distance)
     coordinator = ParamCoordinator(units, policy, comm, verify_order=verify_order)
     summary = describe(comm, zeropp)
